@@ -1,0 +1,105 @@
+"""The `ctkd-tune` command line: a routing table from subcommand to a few lines calling the public API.
+
+    ctkd-tune distill --preset tiny --output runs/tiny     # one distillation run
+    ctkd-tune teacher                                      # pre-train and cache the embedded teacher
+    ctkd-tune search                                       # the main job (see `ctkd-tune search --help`)
+
+Bad input ends with one line, `ctkd-tune: error: ...`, and exit code 2. Set CTKD_TUNE_DEBUG=1 for tracebacks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Callable
+
+from ctkd_tune.config import ConfigError, dump_yaml, load_config
+
+
+def add_config_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="YAML config file (e.g. an exported best_config.yaml)")
+    parser.add_argument("--preset", help="named preset applied under the file: shakespeare (default data) or tiny")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one field, e.g. --set temperature.tau_max=4 (repeatable)")
+
+
+def cmd_distill(args: argparse.Namespace) -> int:
+    """Run one CTKD distillation and write metrics.parquet, summary.json and the student to --output."""
+    from ctkd_tune.runner import run_distill
+
+    output = Path(args.output)
+    given = args.config or args.preset or args.overrides
+    if args.resume and not given and (output / "config.yaml").is_file():
+        cfg = load_config(output / "config.yaml")
+    else:
+        cfg = load_config(args.config, args.preset, args.overrides)
+    summary = run_distill(cfg, output, resume=args.resume)
+    print(f"{summary['status']}: val/ppl {summary['final_val_ppl']}, T {summary['final_temperature']}, "
+          f"checks {'passed' if summary['checks']['all_passed']['passed'] else 'FAILED'} → {output}")
+    return 0 if summary["status"] == "completed" else 1
+
+
+def cmd_teacher(args: argparse.Namespace) -> int:
+    """Pre-train the embedded Shakespeare teacher (once; later calls reuse the cache)."""
+    from ctkd_tune.embedded import build_teacher
+
+    path = build_teacher(args.name, force=args.force)
+    print(f"teacher ready: {path}")
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    """Print the resolved configuration as YAML (validates it without loading any model)."""
+    cfg = load_config(args.config, args.preset, args.overrides)
+    print(dump_yaml(cfg, header="ctkd-tune distill --config THIS_FILE --output runs/NAME"), end="")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ctkd-tune", description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (func, configure) in COMMANDS.items():
+        sub = commands.add_parser(name, help=func.__doc__.splitlines()[0], description=func.__doc__)
+        configure(sub)
+        sub.set_defaults(func=func)
+    return parser
+
+
+def _distill_args(p: argparse.ArgumentParser) -> None:
+    add_config_args(p)
+    p.add_argument("--output", required=True, help="run directory (metrics.parquet, summary.json, student/)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --output from its last checkpoint")
+
+
+def _teacher_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--name", default="shakespeare", choices=["shakespeare", "tiny"], help="embedded teacher")
+    p.add_argument("--force", action="store_true", help="train again even if cached")
+
+
+COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], Callable[[argparse.ArgumentParser], None]]] = {
+    "distill": (cmd_distill, _distill_args),
+    "teacher": (cmd_teacher, _teacher_args),
+    "config": (cmd_config, add_config_args),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ConfigError, FileNotFoundError, ValueError) as err:
+        if os.environ.get("CTKD_TUNE_DEBUG"):
+            raise
+        message = str(err).splitlines()[0] if str(err) else type(err).__name__
+        print(f"ctkd-tune: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("ctkd-tune: interrupted (resume with --resume)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,262 @@
+"""One CTKD distillation run: teacher → student with a learned (adversarial) temperature.
+
+The loop in `distill` reads top to bottom; per step:
+    1. learning rate and λ from their schedules
+    2. teacher forward (frozen, no grad) → student forward → temperature τ
+    3. loss = kd_weight · τ²·KL(teacher ‖ student at τ) + ce_weight · CE + align_weight · hidden alignment
+    4. backward (the GRL flips the temperature's gradient), clip, step both optimisers
+    5. log; every `eval_every` steps (and at 10%, 33%, 100%): evaluate, checkpoint
+Its one seam to the outside is `report(metrics, checkpoint)`: the CLI passes a printer, the Ray trainable passes
+`tune.report`. Run it with `ctkd-tune distill --preset tiny --output runs/tiny`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from ctkd_tune.checkpoint import check_same_run, load_checkpoint, save_checkpoint
+from ctkd_tune.checks import check_steps, sanity_checks, temperature_runaway
+from ctkd_tune.config import Config, ConfigError
+from ctkd_tune.ctkd import kd_loss, lambda_at
+from ctkd_tune.data import TokenData, eval_batches, get_batch, load_tokens, split_tokens
+from ctkd_tune.models import Teacher, check_model_paths, check_same_vocabulary, load_student, load_teacher, \
+    resolve_device
+from ctkd_tune.temperature import Temperature, temperature_stats
+
+Report = Callable[[dict[str, Any], "Path | None"], None]
+
+
+@dataclass
+class Setup:
+    """Everything a run needs besides its config: built once by `prepare`, reusable across runs."""
+    teacher: Teacher
+    student: nn.Module
+    tokenizer: Any
+    data: TokenData
+    device: torch.device
+
+
+@dataclass
+class RunResult:
+    summary: dict[str, Any]
+    history: list[dict[str, Any]]
+    student: nn.Module
+
+
+def prepare(cfg: Config) -> Setup:
+    """Load teacher, tokenizer, data and a fresh student; every bad path or mismatch fails here, before training."""
+    check_model_paths(cfg.model)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    device = resolve_device(cfg.train.device)
+    teacher_model, tokenizer = load_teacher(cfg.model, device)
+    tokens = load_tokens(cfg.data.source, tokenizer, text_column=cfg.data.text_column,
+                         max_tokens=cfg.data.max_tokens)
+    vocab_size = teacher_model.config.vocab_size
+    if int(tokens.max()) >= vocab_size:
+        raise ConfigError(f"data holds token id {int(tokens.max())} but the teacher has only {vocab_size} logits")
+    data = split_tokens(tokens, cfg.data.val_fraction, cfg.data.block_size)
+    init_seed = cfg.train.seed if cfg.train.init_seed is None else cfg.train.init_seed
+    student = load_student(cfg.model, teacher_model, tokenizer, device, seed=init_seed)
+    check_same_vocabulary(tokenizer, None, teacher_model, student)
+    teacher = Teacher(teacher_model, with_hidden=cfg.loss.align_weight > 0)
+    return Setup(teacher, student, tokenizer, data, device)
+
+
+def get_lr(step: int, cfg: Config) -> float:
+    """Student learning rate at 0-based `step`: 1) linear warmup, 2) cosine decay, 3) floor at min_lr_ratio."""
+    t = cfg.train
+    warmup = int(t.lr_warmup_ratio * t.steps)
+    if step < warmup:
+        return t.lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, t.steps - 1 - warmup)
+    return t.lr * (t.min_lr_ratio + (1 - t.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def evaluation_steps(cfg: Config) -> set[int]:
+    every = set(range(cfg.train.eval_every, cfg.train.steps + 1, cfg.train.eval_every))
+    return every | set(check_steps(cfg.train.steps).values())
+
+
+def student_optimizer(student: nn.Module, align: nn.Module | None, cfg: Config) -> torch.optim.Optimizer:
+    """AdamW; weight decay on matrices only (not on biases, norms or the temperature, which is elsewhere)."""
+    params = [p for m in (student, align) if m is not None for p in m.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.train.weight_decay},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.train.lr, betas=(0.9, 0.95))
+
+
+@torch.no_grad()
+def evaluate(student: nn.Module, teacher: Teacher, batches, chunk_size: int, autocast) -> dict[str, float]:
+    """Held-out student perplexity, KL to the teacher at T = 1, and top-1 agreement with the teacher."""
+    student.eval()
+    ce_sum = kl_sum = agree = count = 0.0
+    for x, y in batches:
+        with autocast():
+            teacher_logits = teacher(x).logits  # (B, T, V)
+            student_logits = student(x).logits  # (B, T, V)
+        n = y.numel()
+        ce_sum += F.cross_entropy(student_logits.flatten(0, 1).float(), y.flatten(), reduction="sum").item()
+        kl_sum += kd_loss(student_logits, teacher_logits, 1.0, chunk_size=chunk_size).item() * n
+        agree += (student_logits.argmax(-1) == teacher_logits.argmax(-1)).sum().item()
+        count += n
+    student.train()
+    ce = ce_sum / count
+    return {"val/loss": ce, "val/ppl": math.exp(min(ce, 700.0)), "val/kl": kl_sum / count,
+            "val/top1_agreement": agree / count}
+
+
+def print_report(metrics: dict[str, Any], checkpoint: Path | None = None) -> None:
+    """The CLI's reporter: one line per evaluation (the progress bar shows every step)."""
+    if "val/ppl" in metrics:
+        tqdm.write(f"step {metrics['step']:>6}  val/ppl {metrics['val/ppl']:9.2f}  val/kl {metrics['val/kl']:.4f}  "
+                   f"T {metrics['ctkd/temperature']:.3f}  λ {metrics['ctkd/lambda']:.3f}")
+
+
+def distill(cfg: Config, report: Report = print_report, *, setup: Setup | None = None,
+            checkpoint_dir: str | Path | None = None, resume: str | Path | None = None,
+            progress: bool = True) -> RunResult:
+    """Run (or resume) one distillation; returns the summary, the per-step history and the trained student."""
+    setup = setup or prepare(cfg)
+    teacher, student, data, device = setup.teacher, setup.student, setup.data, setup.device
+    t, sched, n_steps = cfg.train, cfg.schedule, cfg.train.steps
+    data_seed = t.seed if t.data_seed is None else t.data_seed
+    use_bf16 = device.type == "cuda"
+    autocast = lambda: torch.autocast("cuda", dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext()
+
+    torch.manual_seed(t.seed)
+    temperature = Temperature(cfg.temperature, n_steps).to(device)
+    align = None
+    if cfg.loss.align_weight > 0:
+        align = nn.Linear(student.config.hidden_size, teacher.model.config.hidden_size, bias=False).to(device)
+    optimizer = student_optimizer(student, align, cfg)
+    temp_optimizer = temperature.optimizer()
+    held_out = [(x.to(device), y.to(device)) for x, y in
+                eval_batches(data.val, t.eval_batches, t.batch_size, cfg.data.block_size)]
+    eval_at = evaluation_steps(cfg)
+    clip = t.grad_clip if t.grad_clip > 0 else float("inf")
+
+    start, history, wall_before = 1, [], 0.0
+    if resume is not None:
+        state = load_checkpoint(resume, device)
+        check_same_run(state["config"], cfg.flat())
+        student.load_state_dict(state["student"])
+        temperature.load_state_dict(state["temperature"])
+        optimizer.load_state_dict(state["optimizer"])
+        if temp_optimizer is not None:
+            temp_optimizer.load_state_dict(state["temperature_optimizer"])
+        if align is not None:
+            align.load_state_dict(state["align"])
+        torch.set_rng_state(state["rng"].cpu())
+        start, history, wall_before = state["step"] + 1, state["history"], state["wall_time"]
+
+    status, started = "completed", time.perf_counter()
+    student.train()
+    bar = tqdm(range(start, n_steps + 1), initial=start - 1, total=n_steps, disable=not progress,
+               dynamic_ncols=True, leave=False)
+    for step in bar:
+        i = step - 1  # 0-based position in every schedule
+        tic = time.perf_counter()
+        # 1. learning rate and λ
+        lr = get_lr(i, cfg)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        lam = lambda_at(sched.type, i, n_steps, sched.lambda_max, sched.warmup_ratio, sched.gamma) \
+            if cfg.temperature.mode == "ctkd" else 0.0
+
+        # 2. forward: teacher, student, temperature
+        x, y = (b.to(device) for b in get_batch(data.train, i, t.batch_size, cfg.data.block_size, data_seed))
+        with autocast():
+            teacher_out = teacher(x)  # logits (B, T, V)
+            student_out = student(x, output_hidden_states=align is not None)
+        tau = temperature(i, lam, student_out.logits, teacher_out.logits)  # () or (B*T,)
+
+        # 3. loss
+        kd = kd_loss(student_out.logits, teacher_out.logits, tau, chunk_size=cfg.loss.chunk_size)
+        ce = F.cross_entropy(student_out.logits.flatten(0, 1).float(), y.flatten())
+        loss = cfg.loss.kd_weight * kd + cfg.loss.ce_weight * ce
+        if align is not None:
+            aligned = align(student_out.hidden_states[-1].float())
+            loss = loss + cfg.loss.align_weight * F.mse_loss(aligned, teacher_out.hidden.float())
+        if not torch.isfinite(loss):
+            status = f"diverged at step {step}: non-finite loss"
+            break
+
+        # 4. backward, clip, step
+        optimizer.zero_grad(set_to_none=True)
+        if temp_optimizer is not None:
+            temp_optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(optimizer.param_groups[0]["params"] +
+                                                   optimizer.param_groups[1]["params"], clip)
+        if not torch.isfinite(grad_norm):
+            status = f"diverged at step {step}: non-finite gradient"
+            break
+        optimizer.step()
+        if temp_optimizer is not None:
+            temp_optimizer.step()
+
+        # 5. log, evaluate, checkpoint, report
+        row = {"step": step, "train/loss": loss.item(), "train/kd_loss": kd.item(), "train/ce_loss": ce.item(),
+               "train/grad_norm": grad_norm.item(), "train/lr": lr,
+               "train/tokens_per_s": x.numel() / (time.perf_counter() - tic),
+               "ctkd/lambda": lam, **temperature_stats(tau)}
+        if step in eval_at:
+            row.update(evaluate(student, teacher, held_out, cfg.loss.chunk_size, autocast))
+            if not math.isfinite(row["val/loss"]) or row["val/loss"] >= 700.0:
+                status = f"diverged at step {step}: non-finite validation loss"
+                break
+        history.append(row)
+        bar.set_postfix(loss=f"{row['train/loss']:.3f}", T=f"{row['ctkd/temperature']:.2f}", lam=f"{lam:.2f}",
+                        ppl=f"{_last(history, 'val/ppl'):.1f}")
+        saved = None
+        if checkpoint_dir is not None and step in eval_at and \
+                (t.checkpoint_every == 0 or step % t.checkpoint_every == 0 or step == n_steps):
+            saved = save_checkpoint(checkpoint_dir, {
+                "step": step, "config": cfg.flat(), "history": history, "rng": torch.get_rng_state(),
+                "wall_time": wall_before + time.perf_counter() - started,
+                "student": student.state_dict(), "optimizer": optimizer.state_dict(),
+                "temperature": temperature.state_dict(),
+                "temperature_optimizer": temp_optimizer.state_dict() if temp_optimizer is not None else {},
+                "align": align.state_dict() if align is not None else {}})
+        report(row, saved)
+    bar.close()
+
+    summary = summarize(cfg, history, status, wall_before + time.perf_counter() - started)
+    return RunResult(summary, history, student)
+
+
+def _last(history: list[dict[str, Any]], key: str) -> float:
+    return next((row[key] for row in reversed(history) if key in row), float("nan"))
+
+
+def summarize(cfg: Config, history: list[dict[str, Any]], status: str, wall_time: float) -> dict[str, Any]:
+    """Final and best val/ppl, final temperature and λ, checks and the resolved config — all finite or None."""
+    evals = [row for row in history if "val/ppl" in row]
+    best = min(evals, key=lambda row: row["val/ppl"]) if evals else None
+    final = history[-1] if history else {}
+    return {
+        "status": status,
+        "steps": final.get("step", 0),
+        "final_val_ppl": evals[-1]["val/ppl"] if evals else None,
+        "best_val_ppl": best["val/ppl"] if best else None,
+        "best_step": best["step"] if best else None,
+        "final_val_kl": evals[-1]["val/kl"] if evals else None,
+        "final_top1_agreement": evals[-1]["val/top1_agreement"] if evals else None,
+        "final_temperature": final.get("ctkd/temperature"),
+        "final_lambda": final.get("ctkd/lambda"),
+        "temperature_runaway": temperature_runaway(history, cfg),
+        "wall_time_s": round(wall_time, 3),
+        "checks": sanity_checks(history, cfg),
+        "config": cfg.to_dict(),
+    }

