@@ -297,6 +297,11 @@ def _coerce(name: str, value: Any, default: Any) -> Any:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
     elif isinstance(default, float):
+        if isinstance(value, str):  # YAML 1.1 reads "1e-3" (no dot) as a string; users write it that way
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
     elif isinstance(default, str):

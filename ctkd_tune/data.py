@@ -120,6 +120,7 @@ def _save_atomic(array: np.ndarray, path: Path) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             np.save(f, array)
+        os.chmod(tmp, 0o644)  # mkstemp makes it private (0o600)
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -162,7 +163,7 @@ def distill(cfg: Config, report: Report = print_report, *, setup: Setup | None =
 
     status, started = "completed", time.perf_counter()
     student.train()
-    bar = tqdm(range(start, n_steps + 1), initial=start - 1, total=n_steps, disable=not progress,
+    bar = tqdm(range(start, n_steps + 1), initial=start - 1, total=n_steps, disable=not (progress and sys.stderr.isatty()),
                dynamic_ncols=True, leave=False)
     for step in bar:
         i = step - 1  # 0-based position in every schedule

@@ -136,6 +136,7 @@ def _build_once(target: Path, build: Callable[[Path], None], force: bool = False
                 old = target.with_name(f".{target.name}.old.{os.getpid()}")
                 os.replace(target, old)
                 shutil.rmtree(old)
+            tmp.chmod(0o755)  # mkdtemp makes it private (0o700); a cache entry should read like any dir
             os.replace(tmp, target)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -211,13 +212,16 @@ def _pretrain(name: str, out: Path, log: Callable[[str], None]) -> None:
         torch.manual_seed(r.seed)
         model = GPT2LMHeadModel(_gpt2_config(len(tok), tok.eos_token_id, r.n_layer, r.n_embd, r.n_head))
     optimizer = torch.optim.AdamW(model.parameters(), lr=r.lr, betas=(0.9, 0.95), weight_decay=0.1)
+    # bf16 autocast is ~1.6x faster where the CPU has native bf16 (AVX512-BF16/AMX), much slower where it hasn't
+    use_bf16 = torch.ops.mkldnn._is_mkldnn_bf16_supported()
     model.train()
     for step in range(r.steps):
         for group in optimizer.param_groups:
             group["lr"] = _get_lr(step, r)
         x, y = data.get_batch(splits.train, step, r.batch_size, r.block_size, r.seed)
-        logits = model(input_ids=x).logits  # (B, T, V)
-        loss = F.cross_entropy(logits.flatten(0, 1), y.flatten())
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
+            logits = model(input_ids=x).logits  # (B, T, V)
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -37,10 +37,12 @@ def atomic_write_json(path: str | Path, data: Any) -> Path:
 
 def atomic_write_parquet(path: str | Path, rows: list[dict[str, Any]] | Any) -> Path:
     """Rows (a list of dicts, or a pandas DataFrame) → one Parquet file."""
-    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
 
-    frame = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(rows)
-    return _atomic(path, lambda tmp: frame.to_parquet(tmp, index=False))
+    # from_pylist keeps None as a Parquet null (pandas would turn it into a NaN value).
+    table = pa.Table.from_pylist(rows) if isinstance(rows, list) else pa.Table.from_pandas(rows, preserve_index=False)
+    return _atomic(path, lambda tmp: pq.write_table(table, tmp))
 
 
 def atomic_torch_save(path: str | Path, obj: Any) -> Path:

@@ -1,0 +1,228 @@
+"""The result tables of a search, built from Ray's ResultGrid; `validate`, `export` and `report` read only these.
+
+    results/NAME/trials.parquet    one row per trial: the flattened config (Config.flat() names; lists as JSON),
+                                   final/best val/ppl, final temperature and λ, steps, status, stop_reason,
+                                   optuna_trial and optuna_state, wall time, trial id
+    results/NAME/curves.parquet    one row per report: trial_id, optuna_trial, step, status and the metrics
+    results/NAME/best_config.yaml  the best completed trial's full config, runnable by `ctkd-tune distill --config`
+
+Status of a trial: completed (ran to train.steps) | pruned (stopped early by ASHA) | diverged (non-finite loss,
+val/ppl above the threshold, or temperature runaway; stop_reason says which) | error (the trial raised) |
+interrupted (the search stopped before the trial ended; `--resume` continues it). `trial_outcome` is the one
+place that decides it: the searcher tells Optuna the same verdict (COMPLETE | PRUNED | FAIL) and the divergence
+stopper stops on it. A diverged trial's last report carries status "diverged" and, as a finite stand-in for its
+perplexity, the vocabulary size (a uniform guess); final/best val/ppl only use real evaluations. No table holds NaN.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Iterable
+
+from ctkd_tune.config import Config, dump_yaml, from_dict
+from ctkd_tune.io import atomic_write_parquet
+
+OPTUNA_TRIAL_KEY = "optuna_trial"
+"""Key the searcher adds to each trial's config: the Optuna trial number (not a config override)."""
+CURVE_METRICS = ["val/ppl", "val/kl", "val/top1_agreement", "val/loss", "train/loss", "train/kd_loss",
+                 "train/ce_loss", "train/lr", "ctkd/temperature", "ctkd/temperature_min", "ctkd/temperature_max",
+                 "ctkd/lambda", "ctkd/evals_at_bound"]
+STATUSES = ("completed", "pruned", "diverged", "error", "interrupted")
+
+
+def divergence_reason(result: dict[str, Any], ppl_threshold: float, runaway_patience: int) -> str | None:
+    """Why a report shows a diverged trial (non-finite loss, val/ppl above threshold, temperature runaway), or None."""
+    if result.get("status") == "diverged":
+        return result.get("stop_reason") or "diverged"
+    ppl, step = result.get("val/ppl"), result.get("step")
+    if ppl is not None and ppl > ppl_threshold:
+        return f"val/ppl {ppl:.1f} above the divergence threshold {ppl_threshold:g} at step {step}"
+    at_bound = result.get("ctkd/evals_at_bound") or 0
+    if runaway_patience and at_bound >= runaway_patience:
+        return (f"temperature runaway: T {result.get('ctkd/temperature', float('nan')):.3f} stuck at a bound for "
+                f"{at_bound} evaluations (step {step})")
+    return None
+
+
+def trial_outcome(result: dict[str, Any] | None, error: bool, ppl_threshold: float,
+                  runaway_patience: int) -> tuple[str, str | None]:
+    """(status, stop_reason) of a finished trial from its last report: completed | pruned | diverged | error."""
+    if error:
+        return "error", "the trial raised an exception"
+    if not result or "step" not in result:
+        return "error", "the trial ended before its first evaluation"
+    reason = divergence_reason(result, ppl_threshold, runaway_patience)
+    if reason:
+        return "diverged", reason
+    if result.get("status") == "completed":
+        return "completed", None
+    return "pruned", f"stopped early by ASHA at step {result['step']} (val/ppl {result.get('val/ppl', 0):.2f})"
+
+
+# --- building the tables -----------------------------------------------------------------------------------------
+
+def build_tables(results: Iterable[Any], base: dict[str, Any], *, ppl_threshold: float, runaway_patience: int,
+                 optuna_states: dict[int, str] | None = None, run: str = "") -> tuple[list[dict], list[dict]]:
+    """ResultGrid (result.metrics / metrics_dataframe / config / error / path) → (trial rows, curve rows)."""
+    from search_spaces import trial_config
+
+    optuna_states = optuna_states or {}
+    trials, curves = [], []
+    for result in results:
+        params = dict(result.config or {})
+        number = params.pop(OPTUNA_TRIAL_KEY, None)
+        last = dict(result.metrics or {})
+        trial_id = last.get("trial_id") or Path(str(result.path)).name
+        reports = _reports(result.metrics_dataframe)
+        evals = [r for r in reports if r.get("status") != "diverged" and _finite(r.get("val/ppl"))]
+        best = min(evals, key=lambda r: r["val/ppl"]) if evals else {}
+        state = optuna_states.get(number)
+        status, reason = trial_outcome(last, result.error is not None, ppl_threshold, runaway_patience)
+        if result.error is not None:
+            reason = _first_line(result.error)
+        elif state in ("RUNNING", "WAITING"):
+            status, reason = "interrupted", "the search stopped before this trial ended (continue with --resume)"
+        row = {
+            "trial_id": trial_id, "optuna_trial": number, "optuna_state": state, "run": run,
+            "status": status, "stop_reason": reason,
+            "final_val_ppl": evals[-1]["val/ppl"] if evals else None,
+            "best_val_ppl": best.get("val/ppl"), "best_step": best.get("step"),
+            "final_val_kl": evals[-1].get("val/kl") if evals else None,
+            "final_top1_agreement": evals[-1].get("val/top1_agreement") if evals else None,
+            "final_temperature": last.get("ctkd/temperature"), "final_lambda": last.get("ctkd/lambda"),
+            "steps": last.get("step", 0), "wall_time_s": last.get("time_total_s"), "path": str(result.path),
+        }
+        try:
+            config = trial_config(base, params).flat()
+        except Exception:  # a trial whose params did not make a config (it errored): keep the base values
+            config = from_dict(base).flat()
+        row.update({key: json.dumps(value) if isinstance(value, list) else value for key, value in config.items()})
+        trials.append(row)
+        curves += [{"trial_id": trial_id, "optuna_trial": number, "step": r.get("step"), "status": r.get("status"),
+                    **{key: r.get(key) for key in CURVE_METRICS if key in r}} for r in reports]
+    return trials, curves
+
+
+def _reports(frame) -> list[dict[str, Any]]:
+    """Rows of a trial's metrics_dataframe that are our reports, one per (step, status), NaN cells dropped."""
+    if frame is None or len(frame) == 0 or "step" not in frame:
+        return []
+    rows: dict[tuple, dict[str, Any]] = {}
+    for record in frame.to_dict("records"):
+        clean = {k: _plain(v) for k, v in record.items()}
+        clean = {k: v for k, v in clean.items() if v is not None}
+        if "step" in clean:  # a retried trial may report a step twice: keep the last
+            rows[(clean["step"], clean.get("status"))] = clean
+    return list(rows.values())
+
+
+def write_tables(directory: str | Path, trials: list[dict], curves: list[dict]) -> tuple[Any, Any]:
+    """Merge with the tables of earlier runs of the same experiment (by trial_id) and write both atomically."""
+    import pandas as pd
+
+    directory = Path(directory)
+    frames = []
+    for name, rows, sort in (("trials", trials, ["optuna_trial"]), ("curves", curves, ["optuna_trial", "step"])):
+        new = _frame(rows)
+        path = directory / f"{name}.parquet"
+        if path.is_file():
+            old = pd.read_parquet(path)
+            if len(new):
+                old = old[~old["trial_id"].isin(set(new["trial_id"]))]
+            new = pd.concat([old, new], ignore_index=True) if len(old) else new
+        if len(new):
+            new = new.sort_values(sort, kind="stable", na_position="last").reset_index(drop=True)
+        atomic_write_parquet(path, new)
+        frames.append(new)
+    return frames[0], frames[1]
+
+
+def _frame(rows: list[dict[str, Any]]):
+    """Rows → DataFrame; integer columns with gaps stay integers (Int64), so configs read back keep their ints."""
+    import pandas as pd
+
+    keys = list(dict.fromkeys(key for row in rows for key in row))
+    columns = {}
+    for key in keys:
+        values = [row.get(key) for row in rows]
+        present = [v for v in values if v is not None]
+        is_int = present and all(isinstance(v, int) and not isinstance(v, bool) for v in present)
+        columns[key] = pd.array(values, dtype="Int64") if is_int else pd.Series(values, dtype=object
+                                                                               if not present else None)
+    return pd.DataFrame(columns)
+
+
+# --- best config, summary ---------------------------------------------------------------------------------------
+
+def config_from_row(row: dict[str, Any]) -> Config:
+    """A trials.parquet row → its full Config (the dotted columns; JSON lists and nulls decoded)."""
+    nested: dict[str, dict[str, Any]] = {}
+    for section, fields in Config().to_dict().items():
+        for key in fields:
+            value = _plain(row.get(f"{section}.{key}"))
+            if isinstance(value, str) and value.startswith("["):
+                value = json.loads(value)
+            nested.setdefault(section, {})[key] = value
+    return from_dict(nested)
+
+
+def best_row(trials) -> dict[str, Any] | None:
+    """The completed trial with the lowest final val/ppl (a frame of trials.parquet), or None."""
+    done = trials[(trials["status"] == "completed") & trials["final_val_ppl"].notna()] if len(trials) else trials
+    if not len(done):
+        return None
+    return done.sort_values("final_val_ppl", kind="stable").iloc[0].to_dict()
+
+
+def write_best_config(directory: str | Path, trials) -> Path | None:
+    """best_config.yaml of the best completed trial, opening with the command that runs it."""
+    row = best_row(trials)
+    if row is None:
+        return None
+    path = Path(directory) / "best_config.yaml"
+    header = (f"ctkd-tune distill --config {path} --output runs/best\n"
+              f"best completed trial {row['trial_id']} (optuna trial {row['optuna_trial']}): "
+              f"final val/ppl {row['final_val_ppl']:.3f}, T {row['final_temperature']:.3f}")
+    dump_yaml(config_from_row(row), path, header=header)
+    return path
+
+
+def summary_table(trials, params: list[str], limit: int = 10) -> str:
+    """A short text table: counts by status, then the best trials with the searched knobs."""
+    if not len(trials):
+        return "no trials"
+    counts = trials["status"].value_counts().to_dict()
+    head = ", ".join(f"{counts[s]} {s}" for s in STATUSES if s in counts)
+    short = {p: p.split(".", 1)[1] for p in params if p in trials}
+    shown = trials.sort_values(["final_val_ppl"], na_position="last").head(limit)
+    shown = shown[["optuna_trial", "status", "final_val_ppl", "best_val_ppl", "final_temperature", "steps",
+                   *short]].rename(columns={**short, "optuna_trial": "#", "final_val_ppl": "val/ppl",
+                                            "best_val_ppl": "best", "final_temperature": "T"})
+    return f"{len(trials)} trials: {head}\n" + shown.to_string(index=False, float_format=lambda v: f"{v:.4g}")
+
+
+def _plain(value: Any) -> Any:
+    """numpy / pandas scalars → Python; NaN / NA → None."""
+    if value is None:
+        return None
+    if hasattr(value, "item") and not isinstance(value, (list, dict, str)):
+        value = value.item()
+    try:
+        if value != value:  # NaN, pd.NA raises TypeError
+            return None
+    except TypeError:
+        return None
+    return value
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def _first_line(error: BaseException) -> str:
+    cause = getattr(error, "cause", None) or error
+    text = str(cause).strip()
+    line = next((l for l in reversed(text.splitlines()) if l.strip() and not l.startswith(" ")), "") if text else ""
+    return line or type(cause).__name__

@@ -1,0 +1,327 @@
+"""`ctkd-tune search`: Ray Tune runs full CTKD distillations while Optuna searches the CTKD knobs.
+
+    ctkd-tune search                                           # the Shakespeare default, ~10 min on 2 CPU cores
+    ctkd-tune search --preset tiny --num-samples 4 --name smoke
+    ctkd-tune search --name smoke --num-samples 4              # 4 more trials in the same Optuna study
+    ctkd-tune search --name smoke --resume                     # continue an interrupted search
+
+One trial = one `distill` run (trainables/). Optuna's TPE (seeded) proposes the space's parameters, the plan's
+known points first; ASHA stops weak trials on val/ppl once the longest λ warmup is over; `DivergenceStopper` stops
+diverged ones. Ray's OptunaSearch would tell Optuna a trial stopped early as COMPLETE with its truncated value:
+`CTKDOptunaSearch` tells PRUNED instead, FAIL for diverged and errored trials, COMPLETE only for trials that ran
+to train.steps (`ctkd_tune.results.trial_outcome` decides, for the tables too). Everything lands in results/NAME/:
+optuna.db (one study per experiment), search.json (how to resume), trials.parquet, curves.parquet,
+best_config.yaml and the Ray experiment dirs (ray/NAME-runK/).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+import ray
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search import ConcurrencyLimiter
+from ray.tune.search.optuna import OptunaSearch
+
+from ctkd_tune.config import Config, ConfigError
+from ctkd_tune.io import atomic_write_json
+from ctkd_tune.results import (OPTUNA_TRIAL_KEY, build_tables, divergence_reason, summary_table, trial_outcome,
+                               write_best_config, write_tables)
+
+DEFAULT_NUM_SAMPLES = 8
+STARTUP_TRIALS = 4  # TPE samples at random until this many trials finished (the known points count)
+METRIC, MODE = "val/ppl", "min"
+
+
+class CTKDOptunaSearch(OptunaSearch):
+    """OptunaSearch that tells Optuna the truth: COMPLETE only for full runs, PRUNED if stopped early, FAIL if
+    diverged or errored; intermediate values are indexed by training step; NaN never reaches the study."""
+
+    def __init__(self, *args, ppl_threshold: float, runaway_patience: int, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.ppl_threshold, self.runaway_patience = ppl_threshold, runaway_patience
+
+    def suggest(self, trial_id: str) -> dict | None:
+        config = super().suggest(trial_id)
+        if config is not None:
+            ot_trial = self._ot_trials[trial_id]
+            ot_trial.set_user_attr("ray_trial_id", trial_id)
+            config[OPTUNA_TRIAL_KEY] = ot_trial.number  # links the trials table to the study
+        return config
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return
+        self._report(self._ot_trials[trial_id], result)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return
+        ot_trial = self._ot_trials[trial_id]
+        if result is None and not error:  # removed before it ever ran: nothing was learnt about its params
+            status, reason = "error", "stopped before it ran"
+        else:
+            status, reason = trial_outcome(result, error, self.ppl_threshold, self.runaway_patience)
+        ot_trial.set_user_attr("status", status)
+        ot_trial.set_user_attr("stop_reason", reason or "")
+        try:
+            if status == "completed":
+                self._ot_study.tell(ot_trial, result[self.metric], state=optuna.trial.TrialState.COMPLETE)
+            elif status == "pruned":
+                self._report(ot_trial, result)  # the stopping report never reached on_trial_result
+                self._ot_study.tell(ot_trial, state=optuna.trial.TrialState.PRUNED)
+            else:
+                self._ot_study.tell(ot_trial, state=optuna.trial.TrialState.FAIL)
+        except Exception as err:  # never let the study break the search; the tables still record the trial
+            print(f"ctkd-tune: optuna could not record trial {ot_trial.number}: {err}")
+        self._completed_trials.add(trial_id)
+
+    def _report(self, ot_trial, result: dict) -> None:
+        value, step = result.get(self.metric), result.get("step")
+        if result.get("status") != "diverged" and _finite(value) and isinstance(step, int):
+            with warnings.catch_warnings():  # a resumed trial may repeat a step: optuna keeps the first, and warns
+                warnings.simplefilter("ignore")
+                ot_trial.report(value, step)
+
+
+class DivergenceStopper(tune.Stopper):
+    """Stops a trial whose report shows divergence (see `divergence_reason`) and records why."""
+
+    def __init__(self, ppl_threshold: float, runaway_patience: int):
+        self.ppl_threshold, self.runaway_patience = ppl_threshold, runaway_patience
+        self.reasons: dict[str, str] = {}
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        reason = divergence_reason(result, self.ppl_threshold, self.runaway_patience)
+        if reason and trial_id not in self.reasons:
+            self.reasons[trial_id] = reason
+            print(f"ctkd-tune: trial {trial_id} diverged: {reason}")
+        return reason is not None
+
+    def stop_all(self) -> bool:
+        return False
+
+
+@dataclass
+class SearchResult:
+    directory: Path
+    trials: Any  # pandas DataFrame, as in trials.parquet
+    curves: Any
+    best_config: Path | None
+    interrupted: bool
+
+
+def run_search(base_cfg: Config | None, space: str | None = None, name: str = "ctkd-search",
+               num_samples: int | None = None, max_concurrent: int | None = None, cpus_per_trial: float = 1.0,
+               gpus_per_trial: float = 0.0, resume: bool = False, address: str | None = None,
+               storage_path: str | None = None, results_root: str | Path = "results", seed: int = 0,
+               dashboard_host: str = "127.0.0.1", grace_period: int | None = None, reduction_factor: float = 2,
+               ppl_threshold: float | None = None, runaway_patience: int = 3, verbose: int = 1) -> SearchResult:
+    """Run (or extend, or resume) the search NAME; returns its tables. See the module docstring."""
+    from search_spaces import check_space, load_space
+
+    if not name or "/" in name or name.startswith("."):
+        raise ConfigError(f"--name must be a plain folder name, got {name!r}")
+    directory = Path(results_root).resolve() / name
+    state_file = directory / "search.json"
+    state = _read_state(state_file) if state_file.is_file() else None
+    if resume:
+        if state is None:
+            raise ConfigError(f"--resume: no search named {name!r} in {directory.parent}")
+        base_cfg = load_config_dict(state["base"])
+        space_fn = load_space(state["space"])  # a file-based space must be importable to unpickle the searcher
+        settings = state["settings"]
+    else:
+        base_cfg = _shared_seeds(base_cfg)
+        if state is not None and (state["base"] != base_cfg.to_dict() or state["space"] != (space or None)):
+            raise ConfigError(f"search {name!r} was run with another base config or space; pick a new --name")
+        space_fn = load_space(space)
+        info = check_space(space_fn, base_cfg, space or "default")
+        steps = base_cfg.train.steps
+        grace = grace_period or min(steps, math.ceil(info.max_warmup_ratio * steps) + max(1, math.ceil(0.05 * steps)))
+        settings = {"params": info.params, "points": info.points, "grace_period": grace, "max_t": steps,
+                    "reduction_factor": reduction_factor, "runaway_patience": runaway_patience,
+                    "ppl_threshold": ppl_threshold or base_cfg.checks.ppl_at_10, "seed": seed,
+                    "cpus_per_trial": cpus_per_trial, "gpus_per_trial": gpus_per_trial}
+    directory.mkdir(parents=True, exist_ok=True)
+    storage = optuna.storages.RDBStorage(f"sqlite:///{directory / 'optuna.db'}")  # sqlite:////ABS/optuna.db
+    runs = state["runs"] if state else []
+    if not resume:
+        _check_no_unfinished_trials(storage, name)
+        runs = runs + [{"name": f"{name}-run{len(runs) + 1}", "storage_path": storage_path or str(directory / "ray"),
+                        "num_samples": num_samples or DEFAULT_NUM_SAMPLES}]
+        atomic_write_json(state_file, {"name": name, "base": base_cfg.to_dict(), "space": space or None,
+                                       "settings": settings, "runs": runs})
+        _prepare_shared(base_cfg)  # teacher and token cache built once, before trials could race for them
+    run = runs[-1]
+    os.environ["RAY_CHDIR_TO_TRIAL_DIR"] = "0"
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the classic table, with our parameter columns
+    started = _init_ray(address, dashboard_host)
+    try:
+        trainable = tune.with_resources(tune.with_parameters(_trainable(), base=base_cfg.to_dict()),
+                                        {"cpu": settings["cpus_per_trial"], "gpu": settings["gpus_per_trial"]})
+        experiment = f"{run['storage_path'].rstrip('/')}/{run['name']}"
+        if resume:
+            print(f"ctkd-tune: resuming {experiment}")
+            tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True, resume_errored=False)
+        else:
+            tuner = tune.Tuner(trainable, tune_config=_tune_config(settings, storage, name, space_fn, run, len(runs),
+                                                                  max_concurrent),
+                               run_config=_run_config(settings, run, verbose))
+        grid = tuner.fit()
+    finally:
+        if started:
+            ray.shutdown()
+    return _write_results(directory, grid, base_cfg, settings, storage, name, run["name"])
+
+
+def load_config_dict(data: dict[str, Any]) -> Config:
+    from ctkd_tune.config import from_dict
+
+    return from_dict(data)
+
+
+def _shared_seeds(cfg: Config) -> Config:
+    """All trials see the same batches and start from the same student: they differ only by their params."""
+    from ctkd_tune.config import from_dict
+
+    data = cfg.to_dict()
+    for key in ("data_seed", "init_seed"):
+        if data["train"][key] is None:
+            data["train"][key] = data["train"]["seed"]
+    return from_dict(data)
+
+
+def _tune_config(settings, storage, name, space_fn, run, run_index, max_concurrent) -> tune.TuneConfig:
+    points = settings["points"] if _study_is_empty(storage, name) else []
+    searcher = CTKDOptunaSearch(space=space_fn, metric=METRIC, mode=MODE, points_to_evaluate=points or None,
+                                sampler=optuna.samplers.TPESampler(seed=settings["seed"] + run_index - 1,
+                                                                   n_startup_trials=STARTUP_TRIALS),
+                                study_name=name, storage=storage, ppl_threshold=settings["ppl_threshold"],
+                                runaway_patience=settings["runaway_patience"])
+    limit = max_concurrent or _resource_limit(settings["cpus_per_trial"], settings["gpus_per_trial"])
+    scheduler = ASHAScheduler(time_attr="step", metric=METRIC, mode=MODE, max_t=settings["max_t"],
+                              grace_period=settings["grace_period"], reduction_factor=settings["reduction_factor"])
+    return tune.TuneConfig(search_alg=ConcurrencyLimiter(searcher, max_concurrent=limit), scheduler=scheduler,
+                           num_samples=run["num_samples"], reuse_actors=False, trial_name_creator=_trial_name,
+                           trial_dirname_creator=_trial_name)
+
+
+def _run_config(settings, run, verbose) -> tune.RunConfig:
+    params = {p: p.split(".", 1)[1] for p in settings["params"]}
+    reporter = tune.CLIReporter(parameter_columns=params, max_report_frequency=15, metric=METRIC, mode=MODE,
+                                sort_by_metric=True, metric_columns={"val/ppl": "val/ppl", "ctkd/temperature": "T",
+                                                                     "step": "step", "status": "status"})
+    return tune.RunConfig(name=run["name"], storage_path=run["storage_path"], verbose=verbose,
+                          stop=DivergenceStopper(settings["ppl_threshold"], settings["runaway_patience"]),
+                          failure_config=tune.FailureConfig(max_failures=2),
+                          checkpoint_config=tune.CheckpointConfig(num_to_keep=1), progress_reporter=reporter)
+
+
+def _write_results(directory, grid, base_cfg, settings, storage, name, run_name) -> SearchResult:
+    study = optuna.load_study(study_name=name, storage=storage)
+    states = {t.number: t.state.name for t in study.get_trials(deepcopy=False)}
+    trials, curves = build_tables(grid, base_cfg.to_dict(), ppl_threshold=settings["ppl_threshold"],
+                                  runaway_patience=settings["runaway_patience"], optuna_states=states, run=run_name)
+    trials, curves = write_tables(directory, trials, curves)
+    best = write_best_config(directory, trials)
+    interrupted = bool(len(trials)) and bool((trials["status"] == "interrupted").any())
+    print(summary_table(trials, settings["params"]))
+    print(f"results: {directory}/trials.parquet, curves.parquet" + (f", {best.name}" if best else ""))
+    if interrupted:
+        print(f"ctkd-tune: search interrupted; continue it with: ctkd-tune search --name {name} --resume")
+    return SearchResult(directory, trials, curves, best, interrupted)
+
+
+# --- helpers -----------------------------------------------------------------------------------------------------
+
+def _trainable():
+    from trainables import train_ctkd
+
+    return train_ctkd
+
+
+def _trial_name(trial) -> str:
+    return trial.trial_id
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _read_state(path: Path) -> dict[str, Any]:
+    import json
+
+    return json.loads(path.read_text())
+
+
+def _study_is_empty(storage, name: str) -> bool:
+    try:
+        return not optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
+    except KeyError:
+        return True
+
+
+def _check_no_unfinished_trials(storage, name: str) -> None:
+    try:
+        trials = optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
+    except KeyError:
+        return
+    running = [t.number for t in trials if t.state == optuna.trial.TrialState.RUNNING]
+    if running:
+        raise ConfigError(f"search {name!r} has unfinished trials {running}: continue it first with "
+                          f"`ctkd-tune search --name {name} --resume`")
+
+
+def _prepare_shared(cfg: Config) -> None:
+    from ctkd_tune.distill import prepare
+
+    setup = prepare(cfg)
+    del setup
+
+
+def _resource_limit(cpus_per_trial: float, gpus_per_trial: float) -> int:
+    resources = ray.cluster_resources()
+    cpus = resources.get("CPU", 1.0)
+    if cpus_per_trial <= 0 or cpus_per_trial > cpus:
+        raise ConfigError(f"--cpus-per-trial must be in (0, {cpus:g}] (the cluster's CPUs), got {cpus_per_trial}")
+    limit = int(cpus // cpus_per_trial)
+    if gpus_per_trial > 0:
+        gpus = resources.get("GPU", 0.0)
+        if gpus_per_trial > gpus:
+            raise ConfigError(f"--gpus-per-trial {gpus_per_trial} but the cluster has {gpus:g} GPUs")
+        limit = min(limit, int(gpus // gpus_per_trial))
+    return max(1, limit)
+
+
+def _init_ray(address: str | None, dashboard_host: str) -> bool:
+    """Connect to `address`, or start a local Ray with the dashboard on `dashboard_host`; True if we started it."""
+    if ray.is_initialized():
+        return False
+    env = {k: os.environ[k] for k in ("CTKD_TUNE_CACHE", "RAY_CHDIR_TO_TRIAL_DIR") if k in os.environ}
+    if address:
+        context = ray.init(address=address, runtime_env={"env_vars": env}, logging_level=logging.WARNING)
+    else:
+        if dashboard_host not in ("127.0.0.1", "localhost", "::1"):
+            print(f"ctkd-tune: WARNING: the Ray dashboard will listen on {dashboard_host}: whoever reaches it with "
+                  "the token can run code here (Jobs API, CVE-2023-48022). Prefer 127.0.0.1 and an SSH tunnel.")
+        # A new local Ray turns token auth on (unless RAY_AUTH_MODE says otherwise): we never switch it off.
+        context = ray.init(include_dashboard=True, dashboard_host=dashboard_host, logging_level=logging.WARNING,
+                           runtime_env={"env_vars": env})
+    url = getattr(context, "dashboard_url", None)
+    if url:
+        print(f"ctkd-tune: Ray dashboard: http://{url}")
+        if os.environ.get("RAY_AUTH_MODE", "").lower() == "token":
+            print("ctkd-tune: token auth is on: the page asks for the token; print it with `ray get-auth-token`"
+                  " (remote: ssh -L 8265:localhost:8265 HOST, then open http://localhost:8265)")
+        else:
+            print(f"ctkd-tune: WARNING: Ray token auth is off (RAY_AUTH_MODE={os.environ.get('RAY_AUTH_MODE')!r})")
+    return True

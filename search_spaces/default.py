@@ -1,0 +1,39 @@
+"""The default CTKD search space: the knobs of the plan, as a define-by-run Optuna function.
+
+    ctkd-tune search                                     # uses default_space
+    ctkd-tune search --space search_spaces.default:default_space
+
+A space only calls `trial.suggest_*`; parameter names are the config's dotted keys, so every suggestion is a
+`--set` override of the base config. Dependent ranges keep each sample valid by construction:
+    tau_max ≥ tau_min + TAU_MARGIN, and tau_init strictly inside [tau_min, tau_max];
+    schedule.gamma exists only for the `exp` schedule (absent params keep the base config's value).
+"""
+
+from __future__ import annotations
+
+TAU_MARGIN = 1.0
+"""Smallest temperature range: a narrower one leaves the adversary nothing to choose."""
+TAU_INIT_INSET = 0.1
+"""tau_init keeps this distance from both bounds (a start on a bound is a runaway from step 0)."""
+
+# Known configurations, evaluated first (points_to_evaluate).
+RECOMMENDED = {  # the plan's recommended configuration
+    "temperature.tau_min": 1.0, "temperature.tau_max": 5.0, "temperature.tau_init": 2.0,
+    "schedule.lambda_max": 1.0, "schedule.warmup_ratio": 0.2, "schedule.type": "cosine",
+    "temperature.granularity": "global",
+}
+FALLBACK_C = {**RECOMMENDED, "schedule.lambda_max": 0.5, "schedule.warmup_ratio": 0.4}  # a gentler adversary
+KNOWN_POINTS = [RECOMMENDED, FALLBACK_C]
+
+
+def default_space(trial) -> None:
+    """tau bounds and init, λ_max, λ warmup, schedule type (γ only for exp), temperature granularity."""
+    tau_min = trial.suggest_float("temperature.tau_min", 0.5, 2.0)
+    tau_max = trial.suggest_float("temperature.tau_max", tau_min + TAU_MARGIN, 8.0)
+    trial.suggest_float("temperature.tau_init", tau_min + TAU_INIT_INSET, tau_max - TAU_INIT_INSET)
+    trial.suggest_float("schedule.lambda_max", 0.05, 2.0, log=True)
+    trial.suggest_float("schedule.warmup_ratio", 0.0, 0.4)  # 0.4 = fallback C; ASHA's grace period follows it
+    if trial.suggest_categorical("schedule.type", ["cosine", "exp", "linear", "constant"]) == "exp":
+        trial.suggest_float("schedule.gamma", 1.0, 20.0, log=True)
+    trial.suggest_categorical("temperature.granularity", ["global", "token"])
+    return None
