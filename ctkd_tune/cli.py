@@ -57,6 +57,19 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_search(args: argparse.Namespace) -> int:
+    """Search the CTKD knobs: Ray Tune trials of full distillations, Optuna TPE, ASHA; results in results/NAME/."""
+    from ctkd_tune.search import run_search  # imports Ray: only this command needs it
+
+    if args.resume and (args.config or args.preset or args.overrides):
+        raise ConfigError("--resume continues a search with its own config: drop --config/--preset/--set")
+    cfg = None if args.resume else load_config(args.config, args.preset or "shakespeare", args.overrides)
+    result = run_search(cfg, args.space, args.name, args.num_samples, args.max_concurrent, args.cpus_per_trial,
+                        args.gpus_per_trial, args.resume, args.address, args.storage_path, args.results_dir,
+                        args.seed, args.dashboard_host)
+    return 130 if result.interrupted else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ctkd-tune", description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -74,6 +87,23 @@ def _distill_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in --output from its last checkpoint")
 
 
+def _search_args(p: argparse.ArgumentParser) -> None:
+    add_config_args(p)
+    p.add_argument("--space", help="module:function, file.py:function or file.yaml (default: the plan's CTKD knobs)")
+    p.add_argument("--num-samples", type=int, help="trials to run (default 8; again with the same --name: more)")
+    p.add_argument("--name", default="ctkd-search", help="experiment: results/NAME/ and its Optuna study")
+    p.add_argument("--max-concurrent", type=int, help="trials at once (default: what the resources allow)")
+    p.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs per trial (fractions allowed)")
+    p.add_argument("--gpus-per-trial", type=float, default=0.0, help="GPUs per trial (fractions allowed)")
+    p.add_argument("--resume", action="store_true", help="continue the interrupted search --name")
+    p.add_argument("--address", help="existing Ray cluster: auto or ray://HOST:PORT (default: start one here)")
+    p.add_argument("--storage-path", help="Ray's trial storage shared by all nodes: path, NFS or s3://")
+    p.add_argument("--results-dir", default="results", help="where results/NAME/ goes")
+    p.add_argument("--seed", type=int, default=0, help="seed of the TPE sampler")
+    p.add_argument("--dashboard-host", default="127.0.0.1",
+                   help="dashboard bind address; 0.0.0.0 exposes it (with token auth) to the network")
+
+
 def _teacher_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--name", default="shakespeare", choices=["shakespeare", "tiny"], help="embedded teacher")
     p.add_argument("--force", action="store_true", help="train again even if cached")
@@ -83,6 +113,7 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], Callable[[argpars
     "distill": (cmd_distill, _distill_args),
     "teacher": (cmd_teacher, _teacher_args),
     "config": (cmd_config, add_config_args),
+    "search": (cmd_search, _search_args),
 }
 
 

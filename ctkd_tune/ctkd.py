@@ -118,7 +118,7 @@ def token_features(student_logits: torch.Tensor, teacher_logits: torch.Tensor, c
 
     Args:
         student_logits, teacher_logits: (..., V) logits of any float dtype; flattened to (N, V).
-        chunk_size: tokens per chunk (one float32 (chunk_size, V) copy of each at a time).
+        chunk_size: tokens per chunk (a few float32 (chunk_size, V) temporaries at a time).
 
     Returns:
         (N, 4) float32: [H(teacher), H(student), max teacher logit, max student logit], entropies at T = 1
@@ -197,9 +197,12 @@ def get_lambda(step: int, total_steps: int, lambda_max: float = 1.0, warmup_rati
 
 def get_lambda_exp(step: int, total_steps: int, gamma: float = 10.0, lambda_max: float = 1.0,
                    warmup_ratio: float = 0.0) -> float:
-    """DANN schedule, normalised to end at λ_max: λ = λ_max · (2/(1 + e^(−γp)) − 1) / (2/(1 + e^(−γ)) − 1).
+    """DANN schedule, normalised to end at λ_max:
 
-    Without the normalisation it would end at 0.99991·λ_max for γ = 10. Rises fast early (γ = 10: 0.76·λ_max at p = 0.2).
+        λ = λ_max · (2/(1 + e^(−γp)) − 1) / (2/(1 + e^(−γ)) − 1)
+
+    Without the normalisation it would end at 0.99991·λ_max for γ = 10. Rises fast early: at γ = 10,
+    λ = 0.76·λ_max already at p = 0.2.
     """
     if not gamma > 0:
         raise ValueError(f"gamma must be > 0, got {gamma}")
@@ -242,33 +245,31 @@ def lambda_at(schedule: str, step: int, total_steps: int, lambda_max: float, war
 # -----------------------------------------------------------------------------
 # KD loss: τ² · KL(softmax(t/τ) ‖ softmax(s/τ)), mean over valid tokens
 
-def _scaled(x: torch.Tensor, tau: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """x / τ as one fresh (n, V) buffer in ``dtype`` (x: (n, V) any dtype, τ: (n, 1))."""
-    return torch.empty(x.shape, dtype=dtype, device=x.device).copy_(x).div_(tau)
-
-
 def _softmax_(x: torch.Tensor) -> torch.Tensor:
     """Softmax over the last dim, in place."""
     x.sub_(x.amax(dim=-1, keepdim=True)).exp_()
     return x.div_(x.sum(dim=-1, keepdim=True))
 
 
-def _kd_chunk(s, t, tau, dtype, need_dtau):
-    """Per-token KL(p ‖ q) and, if asked, ∂(τ²·KL)/∂τ for one chunk, with at most 3 (n, V) buffers live.
+def _kd_chunk(s, t, tau, work, need_dtau):
+    """Per-token KL(p ‖ q) and, if asked, ∂(τ²·KL)/∂τ for one chunk, inside the 3 buffers ``work``.
 
-    With log q = log_softmax(s/τ), log p = log_softmax(t/τ), d = log p − log q (all (n, V)):
+    s, t: (n, V) logits; tau: (n, 1); work: (3, ≥n, V) float32 scratch, reused from chunk to chunk (fresh
+    allocations page-fault, and that dominates on CPU). With log q = log_softmax(s/τ), log p = log_softmax(t/τ)
+    and d = log p − log q:
         KL   = E_p[d]
         ∂/∂τ = τ · (2·KL − (E_q[log q] − E_p[log q]) − Cov_p(log p, d))
              = τ · (KL − E_q[log q] + E_p[log p] − (E_p[d · log p] − E_p[log p] · KL))
     The sums use torch's (pairwise) sum: a matmul-based row dot loses ~1e-3 of the τ-gradient in float32.
     """
-    logp = torch.log_softmax(_scaled(t, tau, dtype), dim=-1)  # (n, V)
-    logq = torch.log_softmax(_scaled(s, tau, dtype), dim=-1)  # (n, V)
+    logp, logq, tmp = work[:, :s.shape[0]]  # (n, V) each
+    torch.log_softmax(torch.div(t, tau, out=tmp), dim=-1, out=logp)
+    torch.log_softmax(torch.div(s, tau, out=tmp), dim=-1, out=logq)
     if need_dtau:
-        e_p_logp = logp.exp().mul_(logp).sum(-1)  # (n,) −H(p)
-        e_q_logq = logq.exp().mul_(logq).sum(-1)  # (n,) −H(q)
+        e_p_logp = torch.exp(logp, out=tmp).mul_(logp).sum(-1)  # (n,) −H(p)
+        e_q_logq = torch.exp(logq, out=tmp).mul_(logq).sum(-1)  # (n,) −H(q)
     d = torch.sub(logp, logq, out=logq)  # log p − log q, in place of log q
-    p_d = logp.exp().mul_(d)  # (n, V) p ⊙ d
+    p_d = torch.exp(logp, out=tmp).mul_(d)  # p ⊙ d
     kl = p_d.sum(-1)  # (n,)
     if not need_dtau:
         return kl, None
@@ -286,51 +287,56 @@ class _ChunkedKD(torch.autograd.Function):
         ∂/∂τ = w · τ · (2·KL − (E_q[log q] − E_p[log q]) − Cov_p(log p, log p − log q))
     The τ formula follows from homogeneity: L(cs, ct, cτ) = c²·L(s, t, τ), so
     τ·∂L/∂τ = 2L − ⟨s, ∂L/∂s⟩ − ⟨t, ∂L/∂t⟩.
+    Scratch memory: 3 (chunk_size, V) buffers in the forward, 1 in the backward (2 for non-float32 logits).
     """
 
     @staticmethod
     def forward(ctx, s, t, tau, weights, chunk_size, grad_enabled):
         # s, t: (N, V); tau: () or (N,); weights: (N,), 0 for masked tokens
-        dtype, N = weights.dtype, s.shape[0]
+        (N, V), dtype, cs = s.shape, weights.dtype, chunk_size
         tau_tok = tau.expand(N) if tau.ndim == 0 else tau  # (N,)
         need_dtau = grad_enabled and ctx.needs_input_grad[2]
         kl = torch.empty(N, dtype=dtype, device=s.device)
         dtau = torch.empty_like(kl) if need_dtau else None
-        for i in range(0, N, chunk_size):
-            kl_c, dtau_c = _kd_chunk(s[i:i + chunk_size], t[i:i + chunk_size], tau_tok[i:i + chunk_size, None],
-                                     dtype, need_dtau)
-            kl[i:i + chunk_size] = kl_c
+        work = torch.empty(3, min(cs, N), V, dtype=dtype, device=s.device)
+        for i in range(0, N, cs):
+            kl_c, dtau_c = _kd_chunk(s[i:i + cs], t[i:i + cs], tau_tok[i:i + cs, None], work, need_dtau)
+            kl[i:i + cs] = kl_c
             if need_dtau:
-                dtau[i:i + chunk_size] = dtau_c
-        valid = weights > 0
-        loss = torch.where(valid, weights * tau_tok**2 * kl, 0.0).sum()  # masked tokens cannot inject NaN
+                dtau[i:i + cs] = dtau_c
+        del work
+        loss = torch.where(weights > 0, weights * tau_tok**2 * kl, 0.0).sum()  # masked tokens cannot inject NaN
         ctx.save_for_backward(s, t, tau, weights, kl, dtau)
-        ctx.chunk_size = chunk_size
+        ctx.chunk_size = cs
         return loss
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_loss):
         s, t, tau, weights, kl, dtau = ctx.saved_tensors
-        dtype, N, cs = weights.dtype, s.shape[0], ctx.chunk_size
+        (N, V), dtype, cs = s.shape, weights.dtype, ctx.chunk_size
         tau_tok = tau.expand(N) if tau.ndim == 0 else tau  # (N,)
         coef = grad_loss * weights  # (N,) ∂loss/∂L_i
         grad_s = grad_t = grad_tau = None
         if ctx.needs_input_grad[0]:
             grad_s = torch.empty_like(s)
+            work = torch.empty(1 if s.dtype == dtype else 2, min(cs, N), V, dtype=dtype, device=s.device)
             for i in range(0, N, cs):
                 tau_c, out = tau_tok[i:i + cs, None], grad_s[i:i + cs]  # (n, 1), (n, V)
-                g = out if out.dtype == dtype else torch.empty(out.shape, dtype=dtype, device=out.device)
-                _softmax_(g.copy_(s[i:i + cs]).div_(tau_c))  # q
-                g.sub_(_softmax_(_scaled(t[i:i + cs], tau_c, dtype))).mul_(coef[i:i + cs, None] * tau_c)
+                p = work[0, :out.shape[0]]
+                g = out if s.dtype == dtype else work[1, :out.shape[0]]
+                torch.log_softmax(torch.div(s[i:i + cs], tau_c, out=p), dim=-1, out=g).exp_()  # q
+                g.sub_(_softmax_(torch.div(t[i:i + cs], tau_c, out=p))).mul_(coef[i:i + cs, None] * tau_c)
                 if g is not out:
                     out.copy_(g)
         if ctx.needs_input_grad[1]:
             grad_t = torch.empty_like(t)
+            work = torch.empty(3, min(cs, N), V, dtype=dtype, device=s.device)
             for i in range(0, N, cs):
                 tau_c = tau_tok[i:i + cs, None]
-                logq = torch.log_softmax(_scaled(s[i:i + cs], tau_c, dtype), dim=-1)
-                logp = torch.log_softmax(_scaled(t[i:i + cs], tau_c, dtype), dim=-1)
+                logp, logq, tmp = work[:, :tau_c.shape[0]]
+                torch.log_softmax(torch.div(t[i:i + cs], tau_c, out=tmp), dim=-1, out=logp)
+                torch.log_softmax(torch.div(s[i:i + cs], tau_c, out=tmp), dim=-1, out=logq)
                 d = torch.sub(logp, logq, out=logq).sub_(kl[i:i + cs, None])  # log p − log q − KL
                 grad_t[i:i + cs] = d.mul_(logp.exp_()).mul_(coef[i:i + cs, None] * tau_c)
         if ctx.needs_input_grad[2]:
@@ -390,7 +396,7 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tau: flo
         0-d float32 tensor (float64 for float64 inputs).
 
     Memory: the forward keeps only (N,) vectors and the backward recomputes the softmaxes per chunk, so above
-    the inputs it needs the gradient (N, V) plus at most 3 float32 (chunk_size, V) buffers. Pass contiguous
+    the inputs it needs the gradient (N, V) plus at most 3 float32 (chunk_size, V) scratch buffers. Pass contiguous
     logits: reshaping a non-contiguous slice (e.g. logits[:, :-1]) copies it.
     """
     if chunk_size < 1:

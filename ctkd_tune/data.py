@@ -186,7 +186,8 @@ def get_batch(tokens: torch.Tensor, step: int, batch_size: int, block_size: int,
     """
     if len(tokens) < block_size + 1:
         raise ValueError(f"{len(tokens)} tokens cannot fill one block of block_size + 1 = {block_size + 1}")
-    g = torch.Generator().manual_seed((seed & 0xFFFFFFFF) << 32 | (step & 0xFFFFFFFF))
+    # Hash (seed, step) to 32 bits: the CPU generator (mt19937) ignores the high half of a 64-bit seed.
+    g = torch.Generator().manual_seed(int.from_bytes(hashlib.sha256(f"{seed},{step}".encode()).digest()[:4], "little"))
     offsets = torch.randint(len(tokens) - block_size, (batch_size,), generator=g)  # (B,)
     windows = tokens[offsets[:, None] + torch.arange(block_size + 1)].long()  # (B, T + 1)
     return windows[:, :-1], windows[:, 1:]

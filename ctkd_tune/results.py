@@ -28,7 +28,7 @@ OPTUNA_TRIAL_KEY = "optuna_trial"
 """Key the searcher adds to each trial's config: the Optuna trial number (not a config override)."""
 CURVE_METRICS = ["val/ppl", "val/kl", "val/top1_agreement", "val/loss", "train/loss", "train/kd_loss",
                  "train/ce_loss", "train/lr", "ctkd/temperature", "ctkd/temperature_min", "ctkd/temperature_max",
-                 "ctkd/lambda", "ctkd/evals_at_bound"]
+                 "ctkd/lambda", "ctkd/evals_at_bound", "wall_time_s"]
 STATUSES = ("completed", "pruned", "diverged", "error", "interrupted")
 
 
@@ -92,7 +92,7 @@ def build_tables(results: Iterable[Any], base: dict[str, Any], *, ppl_threshold:
             "final_val_kl": evals[-1].get("val/kl") if evals else None,
             "final_top1_agreement": evals[-1].get("val/top1_agreement") if evals else None,
             "final_temperature": last.get("ctkd/temperature"), "final_lambda": last.get("ctkd/lambda"),
-            "steps": last.get("step", 0), "wall_time_s": last.get("time_total_s"), "path": str(result.path),
+            "steps": last.get("step", 0), "wall_time_s": last.get("wall_time_s"), "path": str(result.path),
         }
         try:
             config = trial_config(base, params).flat()

@@ -164,6 +164,9 @@ def run_search(base_cfg: Config | None, space: str | None = None, name: str = "c
     run = runs[-1]
     os.environ["RAY_CHDIR_TO_TRIAL_DIR"] = "0"
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the classic table, with our parameter columns
+    # num_to_keep forces an experiment snapshot every 2 checkpoints (so a resume never points at a deleted one);
+    # that is intended here, not a bottleneck worth a warning per snapshot
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     started = _init_ray(address, dashboard_host)
     try:
         trainable = tune.with_resources(tune.with_parameters(_trainable(), base=base_cfg.to_dict()),
@@ -217,13 +220,13 @@ def _tune_config(settings, storage, name, space_fn, run, run_index, max_concurre
 
 def _run_config(settings, run, verbose) -> tune.RunConfig:
     params = {p: p.split(".", 1)[1] for p in settings["params"]}
-    reporter = tune.CLIReporter(parameter_columns=params, max_report_frequency=15, metric=METRIC, mode=MODE,
-                                sort_by_metric=True, metric_columns={"val/ppl": "val/ppl", "ctkd/temperature": "T",
-                                                                     "step": "step", "status": "status"})
+    # no metric=/mode= here: the reporter's "best trial" line fails on conditional params absent from a config
+    reporter = tune.CLIReporter(parameter_columns=params, max_report_frequency=15,
+                                metric_columns={"val/ppl": "val/ppl", "ctkd/temperature": "T", "step": "step"})
     return tune.RunConfig(name=run["name"], storage_path=run["storage_path"], verbose=verbose,
                           stop=DivergenceStopper(settings["ppl_threshold"], settings["runaway_patience"]),
                           failure_config=tune.FailureConfig(max_failures=2),
-                          checkpoint_config=tune.CheckpointConfig(num_to_keep=1), progress_reporter=reporter)
+                          checkpoint_config=tune.CheckpointConfig(num_to_keep=2), progress_reporter=reporter)
 
 
 def _write_results(directory, grid, base_cfg, settings, storage, name, run_name) -> SearchResult:

@@ -14,9 +14,11 @@ error raises (the trial ends in ERROR).
 from __future__ import annotations
 
 import gc
+import logging
 import math
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +37,10 @@ REPORTED = ("val/ppl", "val/kl", "val/top1_agreement", "val/loss", "train/loss",
 def train_ctkd(params: dict[str, Any], base: dict[str, Any]) -> None:
     """Ray Tune function trainable: distill with `base` ← `params`, reporting at every evaluation."""
     import ray
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()
+    logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)  # one "Checkpoint created" per eval
     params = {k: v for k, v in params.items() if k != OPTUNA_TRIAL_KEY}
     cfg = trial_config(base, params)  # ConfigError → the trial errors, with the message
     if cfg.train.device == "auto" and not ray.get_gpu_ids():
@@ -45,6 +50,7 @@ def train_ctkd(params: dict[str, Any], base: dict[str, Any]) -> None:
 
     work = Path(tempfile.mkdtemp(prefix="ctkd-trial-"))
     setup = run = None
+    started, before = time.perf_counter(), 0.0  # wall time of this attempt, and of earlier ones (from the checkpoint)
     try:
         resume = None
         checkpoint = tune.get_checkpoint()
@@ -53,9 +59,12 @@ def train_ctkd(params: dict[str, Any], base: dict[str, Any]) -> None:
         setup = prepare(cfg)
         runaway = _RunawayCounter(cfg)
         if resume is not None:  # count the evaluations before the restart too
-            for row in load_checkpoint(resume, torch.device("cpu"))["history"]:
+            state = load_checkpoint(resume, torch.device("cpu"))
+            before = state["wall_time"]
+            for row in state["history"]:
                 if "val/ppl" in row:
                     runaway.update(row)
+            del state
 
         def report(metrics: dict[str, Any], saved: Path | None) -> None:
             if "val/ppl" not in metrics:
@@ -63,7 +72,8 @@ def train_ctkd(params: dict[str, Any], base: dict[str, Any]) -> None:
             row = {key: metrics[key] for key in REPORTED if key in metrics}
             done = metrics["step"] == cfg.train.steps
             row.update({"step": metrics["step"], "ctkd/evals_at_bound": runaway.update(metrics),
-                        "status": "completed" if done else "running", "stop_reason": "", **params})
+                        "status": "completed" if done else "running", "stop_reason": "",
+                        "wall_time_s": before + time.perf_counter() - started, **params})
             tune.report(row, checkpoint=tune.Checkpoint.from_directory(str(saved)) if saved else None)
 
         run = distill(cfg, report, setup=setup, checkpoint_dir=work / "checkpoint", resume=resume, progress=False)
@@ -73,7 +83,8 @@ def train_ctkd(params: dict[str, Any], base: dict[str, Any]) -> None:
             tune.report({"val/ppl": float(setup.student.config.vocab_size),
                          **{k: last[k] for k in ("ctkd/temperature", "ctkd/lambda") if _finite(last.get(k))},
                          "step": min(summary["steps"] + 1, cfg.train.steps), "ctkd/evals_at_bound": runaway.count,
-                         "status": "diverged", "stop_reason": summary["status"], **params})
+                         "status": "diverged", "stop_reason": summary["status"],
+                         "wall_time_s": before + time.perf_counter() - started, **params})
     finally:
         del setup, run
         gc.collect()

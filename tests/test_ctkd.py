@@ -1,0 +1,303 @@
+"""Tests for ctkd_tune.ctkd: gradient reversal, learnable temperatures, λ schedules and the chunked KD loss.
+
+Run: python -m pytest tests/test_ctkd.py
+
+Property tests of the math (GRL sign, sigmoid bounds, gradient direction of τ), parity of the chunked
+``kd_loss`` with the naive reference (values and gradients w.r.t. the student logits and τ), gradcheck of
+its analytic backward in float64, and one contract suite parametrised over every λ schedule.
+"""
+
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ctkd_tune.ctkd import (
+    LAMBDA_SCHEDULES,
+    CTKDTemperature,
+    CTKDTemperaturePredictor,
+    GradientReversalFunction,
+    GradientReversalLayer,
+    get_lambda,
+    kd_loss,
+    kd_loss_reference,
+    lambda_at,
+    token_features,
+)
+
+
+def make_logits(*shape, seed=0, dtype=torch.float32):
+    """Student logits requiring grad and teacher logits close to them (so the KL is moderate)."""
+    g = torch.Generator().manual_seed(seed)
+    s = 2.0 * torch.randn(*shape, generator=g)
+    t = s + torch.randn(*shape, generator=g)
+    return s.to(dtype).requires_grad_(), t.to(dtype)
+
+
+def loss_and_grads(fn, s, t, tau, **kwargs):
+    """Loss value, ∂/∂s and ∂/∂τ (None for a float τ) on fresh leaves."""
+    s = s.detach().clone().requires_grad_()
+    tau = tau.detach().clone().requires_grad_() if torch.is_tensor(tau) else tau
+    loss = fn(s, t, tau, **kwargs)
+    loss.backward()
+    return loss.detach(), s.grad, tau.grad if torch.is_tensor(tau) else None
+
+
+# -----------------------------------------------------------------------------
+# Gradient reversal
+
+@pytest.mark.parametrize("lambda_", [1.0, 0.5, 0.0, -1.0])
+def test_grl_scales_gradient_by_minus_lambda(lambda_):
+    x = torch.tensor(3.0, requires_grad=True)
+    y = GradientReversalFunction.apply(x, lambda_)
+    y.backward()
+    assert y.item() == 3.0
+    assert x.grad.item() == -lambda_
+
+
+def test_grl_layer_set_lambda_and_override():
+    layer = GradientReversalLayer()
+    layer.set_lambda(0.5)
+    x = torch.ones(3, requires_grad=True)
+    layer(x).sum().backward()
+    assert torch.equal(x.grad, torch.full((3,), -0.5))
+    x.grad = None
+    layer(x, lambda_=2.0).sum().backward()
+    assert torch.equal(x.grad, torch.full((3,), -2.0))
+
+
+def test_grl_returns_float32_copy_for_bf16():
+    x = torch.tensor([1.5, -2.0], dtype=torch.bfloat16, requires_grad=True)
+    y = GradientReversalFunction.apply(x, 1.0)
+    assert y.dtype == torch.float32
+    y.sum().backward()
+    assert x.grad.dtype == torch.bfloat16 and torch.equal(x.grad.float(), torch.tensor([-1.0, -1.0]))
+    x32 = torch.ones(2, requires_grad=True)
+    assert GradientReversalFunction.apply(x32, 1.0).data_ptr() != x32.data_ptr()  # a copy, not a view
+
+
+# -----------------------------------------------------------------------------
+# Temperatures
+
+def test_temperature_init_and_bounds():
+    temp = CTKDTemperature(1.0, 5.0, 2.0)
+    assert temp.raw_temp.shape == () and temp.raw_temp.dtype == torch.float32
+    assert temp.get_temperature() == pytest.approx(2.0, abs=1e-6)
+    tau = temp(0.3)
+    assert tau.shape == () and tau.dtype == torch.float32 and tau.item() == pytest.approx(2.0, abs=1e-6)
+    with torch.no_grad():
+        temp.raw_temp.fill_(-100.0)
+    assert 1.0 <= temp.get_temperature() <= 1.01
+    with torch.no_grad():
+        temp.raw_temp.fill_(100.0)
+    assert 4.99 <= temp.get_temperature() <= 5.0
+
+
+@pytest.mark.parametrize("kwargs, name", [
+    (dict(tau_min=1.0, tau_max=5.0, init=1.0), "init"),
+    (dict(tau_min=1.0, tau_max=5.0, init=5.0), "init"),
+    (dict(tau_min=3.0, tau_max=2.0, init=2.5), "tau_max"),
+    (dict(tau_min=0.0, tau_max=2.0, init=1.0), "tau_min"),
+])
+def test_temperature_rejects_bad_bounds(kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        CTKDTemperature(**kwargs)
+    with pytest.raises(ValueError, match=name):
+        CTKDTemperaturePredictor(4, **kwargs)
+
+
+def test_temperature_gradient_is_reversed_and_scaled():
+    s, t = make_logits(6, 11)
+    grads = {}
+    for lambda_ in (-1.0, 1.0, 0.5, 0.0):  # −1 = plain minimisation (the "learnable" ablation)
+        temp = CTKDTemperature(1.0, 5.0, 2.0)
+        kd_loss(s, t, temp(lambda_)).backward()
+        grads[lambda_] = temp.raw_temp.grad.item()
+    assert grads[-1.0] != 0.0
+    assert grads[1.0] == pytest.approx(-grads[-1.0], rel=1e-6)
+    assert grads[0.5] == pytest.approx(-0.5 * grads[-1.0], rel=1e-6)
+    assert grads[0.0] == 0.0
+
+
+def test_predictor_starts_at_init_and_is_bounded():
+    s, t = make_logits(2, 5, 13)
+    feats = token_features(s, t)
+    pred = CTKDTemperaturePredictor(input_dim=4, tau_min=1.0, tau_max=5.0, init=2.0)
+    tau = pred(feats, 1.0)
+    assert tau.shape == (10,) and tau.dtype == torch.float32
+    assert torch.allclose(tau, torch.full((10,), 2.0), atol=1e-5)
+    with torch.no_grad():
+        pred.mlp[-1].bias.fill_(1e4)
+    assert torch.all(pred(feats, 1.0) <= 5.0) and torch.all(pred(feats, 1.0) >= 4.99)
+
+
+def test_token_features_match_definitions():
+    s, t = make_logits(3, 4, 17, dtype=torch.bfloat16)
+    feats = token_features(s, t, chunk_size=5)  # 12 tokens, chunks of 5, 5, 2
+    assert feats.shape == (12, 4) and feats.dtype == torch.float32 and not feats.requires_grad
+    s32, t32 = s.detach().float().reshape(12, 17), t.float().reshape(12, 17)
+    entropy = lambda x: -(F.softmax(x, -1) * F.log_softmax(x, -1)).sum(-1)
+    expected = torch.stack([entropy(t32), entropy(s32), t32.amax(-1), s32.amax(-1)], dim=-1)
+    assert torch.allclose(feats, expected, atol=1e-5)
+
+
+def test_predictor_reversed_gradient_does_not_reach_student():
+    torch.manual_seed(0)
+    V = 13
+    student = nn.Sequential(nn.Embedding(V, 8), nn.Linear(8, V))
+    tokens = torch.randint(0, V, (2, 6))
+    teacher_logits = 3.0 * torch.randn(2, 6, V)
+    pred = CTKDTemperaturePredictor(input_dim=5, init=2.0)
+    with torch.no_grad():
+        pred.mlp[-1].weight.normal_()  # make τ depend on the features
+
+    def student_grads(detach_tau):
+        student.zero_grad()
+        pred.zero_grad()
+        logits = student(tokens)  # (B, T, V)
+        hidden = student[0](tokens).mean(-1, keepdim=True)  # a feature that carries the student's graph
+        feats = torch.cat([token_features(logits, teacher_logits), hidden.reshape(-1, 1)], dim=-1)
+        assert feats.requires_grad
+        tau = pred(feats, lambda_=1.0)  # (B·T,)
+        kd_loss(logits, teacher_logits, tau.detach() if detach_tau else tau).backward()
+        return [p.grad.clone() for p in student.parameters()]
+
+    with_tau = student_grads(detach_tau=False)
+    assert pred.mlp[0].weight.grad is not None and pred.mlp[0].weight.grad.abs().sum() > 0
+    for g, g_ref in zip(with_tau, student_grads(detach_tau=True)):
+        assert torch.equal(g, g_ref)
+
+
+# -----------------------------------------------------------------------------
+# KD loss
+
+def naive_kl_div(s, t, T):
+    """The formula every KD tutorial uses, for a scalar τ and all tokens valid."""
+    return F.kl_div(F.log_softmax(s / T, -1), F.log_softmax(t / T, -1), reduction="batchmean", log_target=True) * T**2
+
+
+@pytest.mark.parametrize("per_token_tau", [False, True])
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("chunk_size", [4, 5, 64])  # 20 tokens: divides, does not divide, one chunk
+def test_kd_loss_matches_reference(per_token_tau, masked, chunk_size):
+    s, t = make_logits(4, 5, 37)
+    g = torch.Generator().manual_seed(1)
+    tau = 1.0 + 3.0 * torch.rand(4, 5, generator=g) if per_token_tau else torch.tensor(2.5)
+    mask = torch.rand(4, 5, generator=g) > 0.3 if masked else None
+    ours = loss_and_grads(kd_loss, s, t, tau, mask=mask, chunk_size=chunk_size)
+    ref = loss_and_grads(kd_loss_reference, s, t, tau, mask=mask)
+    assert ours[0].shape == () and ours[0].dtype == torch.float32
+    for a, b in zip(ours, ref):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-6), (a, b)
+    assert ours[2].shape == tau.shape
+
+
+def test_kd_loss_equals_naive_kl_div():
+    s, t = make_logits(24, 50)
+    ours = loss_and_grads(kd_loss, s, t, torch.tensor(2.0), chunk_size=7)
+    naive = loss_and_grads(naive_kl_div, s, t, torch.tensor(2.0))
+    for a, b in zip(ours, naive):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-7), (a, b)
+
+
+def test_kd_loss_gradcheck_float64():
+    g = torch.Generator().manual_seed(2)
+    s = torch.randn(7, 5, dtype=torch.float64, generator=g, requires_grad=True)
+    t = torch.randn(7, 5, dtype=torch.float64, generator=g, requires_grad=True)  # teacher grads are exact too
+    mask = torch.tensor([1, 1, 0, 1, 0, 1, 1], dtype=torch.bool)
+    for tau in (torch.tensor(1.7, dtype=torch.float64), 1.0 + torch.rand(7, dtype=torch.float64, generator=g)):
+        tau.requires_grad_()
+        assert torch.autograd.gradcheck(lambda s, t, tau: kd_loss(s, t, tau, mask, chunk_size=3), (s, t, tau))
+
+
+def test_kd_loss_includes_teacher_entropy_term():
+    """True KL, not cross-entropy: identical logits give exactly 0 and no gradient, at any τ."""
+    s, _ = make_logits(9, 31)
+    for tau in (torch.tensor(1.0), torch.tensor(3.0), torch.linspace(1.0, 5.0, 9)):
+        loss, grad_s, grad_tau = loss_and_grads(kd_loss, s, s.detach(), tau, chunk_size=4)
+        assert loss.item() == 0.0
+        assert grad_s.abs().max().item() < 1e-7 and grad_tau.abs().max().item() < 1e-6
+
+
+def test_kd_loss_all_masked_is_zero_with_finite_grads():
+    s, t = make_logits(2, 3, 11)
+    tau = torch.tensor(2.0)
+    loss, grad_s, grad_tau = loss_and_grads(kd_loss, s, t, tau, mask=torch.zeros(2, 3, dtype=torch.bool))
+    assert loss.item() == 0.0
+    assert torch.equal(grad_s, torch.zeros_like(grad_s)) and grad_tau.item() == 0.0
+    assert kd_loss_reference(s, t, tau, mask=torch.zeros(2, 3)).item() == 0.0
+
+
+def test_kd_loss_bf16_inputs():
+    s, t = make_logits(3, 4, 29, dtype=torch.bfloat16)
+    tau = torch.tensor(2.0)
+    loss, grad_s, grad_tau = loss_and_grads(kd_loss, s, t, tau, chunk_size=5)
+    assert loss.dtype == torch.float32 and grad_s.dtype == torch.bfloat16 and torch.isfinite(grad_s).all()
+    ref = loss_and_grads(kd_loss_reference, s.float(), t.float(), tau)  # same values, upcast up front
+    assert torch.allclose(loss, ref[0], rtol=1e-5)
+    assert torch.allclose(grad_s.float(), ref[1], rtol=1e-2, atol=1e-5)  # bf16 gradient: rounding only
+    assert torch.allclose(grad_tau, ref[2], rtol=1e-4, atol=1e-7)
+
+
+def test_kd_loss_accepts_float_tau_and_rejects_mismatches():
+    s, t = make_logits(6, 10)
+    assert torch.allclose(kd_loss(s, t, 2.0), kd_loss_reference(s, t, torch.tensor(2.0)))
+    with pytest.raises(ValueError, match="vocabulary"):
+        kd_loss(s, torch.randn(6, 11), 2.0)
+    with pytest.raises(ValueError, match="tau"):
+        kd_loss(s, t, torch.ones(5))
+    with pytest.raises(ValueError, match="mask"):
+        kd_loss(s, t, 2.0, mask=torch.ones(5))
+
+
+# -----------------------------------------------------------------------------
+# λ schedules
+
+def test_cosine_schedule_values():
+    assert get_lambda(0, 3000) == 0.0
+    assert get_lambda(599, 3000) == 0.0
+    assert 0.0 < get_lambda(1500, 3000) < get_lambda(2999, 3000) <= 1.0
+    assert get_lambda(2999, 3000) == 1.0
+    assert get_lambda(1800, 3000, lambda_max=0.5) == pytest.approx(0.25, abs=1e-3)  # halfway after warmup
+
+
+@pytest.mark.parametrize("schedule", sorted(LAMBDA_SCHEDULES))
+@pytest.mark.parametrize("total_steps, warmup_ratio, lambda_max", [
+    (3000, 0.2, 1.0), (100, 0.0, 0.5), (7, 0.5, 2.0), (1, 0.0, 1.0), (2, 0.9, 1.0),
+])
+def test_schedule_contract(schedule, total_steps, warmup_ratio, lambda_max):
+    values = [lambda_at(schedule, step, total_steps, lambda_max, warmup_ratio) for step in range(total_steps)]
+    warmup_steps = int(warmup_ratio * total_steps)
+    assert all(isinstance(v, float) and 0.0 <= v <= lambda_max for v in values)
+    assert all(v == 0.0 for v in values[:warmup_steps])
+    assert values[-1] == pytest.approx(lambda_max, abs=1e-6)
+    assert all(b >= a for a, b in zip(values, values[1:]))
+    if schedule != "constant" and total_steps - warmup_steps > 1:  # the rise starts from 0 after warmup
+        assert values[warmup_steps] == 0.0
+
+
+@pytest.mark.parametrize("schedule", sorted(LAMBDA_SCHEDULES))
+def test_lambda_at_dispatches_to_the_named_schedule(schedule):
+    fn = LAMBDA_SCHEDULES[schedule]
+    assert fn(50, 100, lambda_max=1.0, warmup_ratio=0.1) == lambda_at(schedule, 50, 100, 1.0, 0.1)
+
+
+def test_exp_schedule_is_normalised_dann():
+    dann = lambda p: 2.0 / (1.0 + math.exp(-10.0 * p)) - 1.0
+    assert lambda_at("exp", 50, 101, 1.0, 0.0) == pytest.approx(dann(0.5) / dann(1.0), rel=1e-12)
+    assert lambda_at("exp", 100, 101, 1.0, 0.0) == 1.0
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(schedule="sigmoid"), "cosine"),
+    (dict(warmup_ratio=1.0), "warmup_ratio"),
+    (dict(warmup_ratio=-0.1), "warmup_ratio"),
+    (dict(total_steps=0), "total_steps"),
+    (dict(lambda_max=-1.0), "lambda_max"),
+])
+def test_lambda_at_rejects_bad_arguments(kwargs, match):
+    args = dict(schedule="cosine", step=0, total_steps=10, lambda_max=1.0, warmup_ratio=0.2) | kwargs
+    with pytest.raises(ValueError, match=match):
+        lambda_at(**args)
