@@ -124,8 +124,14 @@ def run_search(base_cfg: Config | None, space: str | None = None, name: str = "c
                gpus_per_trial: float = 0.0, resume: bool = False, address: str | None = None,
                storage_path: str | None = None, results_root: str | Path = "results", seed: int = 0,
                dashboard_host: str = "127.0.0.1", grace_period: int | None = None, reduction_factor: float = 2,
-               ppl_threshold: float | None = None, runaway_patience: int = 3, verbose: int = 1) -> SearchResult:
-    """Run (or extend, or resume) the search NAME; returns its tables. See the module docstring."""
+               ppl_threshold: float | None = None, runaway_patience: int = 3, points: list[dict] | None = None,
+               verbose: int = 1) -> SearchResult:
+    """Run (or extend, or resume) the search NAME; returns its tables. See the module docstring.
+
+    The scheduler knobs (grace_period: default past the longest λ warmup; reduction_factor), the divergence
+    criteria (ppl_threshold: default checks.ppl_at_10; runaway_patience: evaluations at a bound, 0 = off) and
+    the known points (default: the plan's recommended config and fallback C) are fixed at the first run of NAME.
+    """
     from search_spaces import check_space, load_space
 
     if not name or "/" in name or name.startswith("."):
@@ -144,7 +150,7 @@ def run_search(base_cfg: Config | None, space: str | None = None, name: str = "c
         if state is not None and (state["base"] != base_cfg.to_dict() or state["space"] != (space or None)):
             raise ConfigError(f"search {name!r} was run with another base config or space; pick a new --name")
         space_fn = load_space(space)
-        info = check_space(space_fn, base_cfg, space or "default")
+        info = check_space(space_fn, base_cfg, space or "default", points)
         steps = base_cfg.train.steps
         grace = grace_period or min(steps, math.ceil(info.max_warmup_ratio * steps) + max(1, math.ceil(0.05 * steps)))
         settings = {"params": info.params, "points": info.points, "grace_period": grace, "max_t": steps,
