@@ -31,7 +31,7 @@ ENCODE_BATCH_CHUNKS = 20_000  # lines per call to the fast tokenizer: parallel, 
 # -----------------------------------------------------------------------------
 # sources -> documents
 
-def _resolve(source: str | list[str]) -> list[str | Path]:
+def resolve_source(source: str | list[str]) -> list[str | Path]:
     """Expand a source into builtin names and existing files, in a fixed order."""
     entries: list[str | Path] = []
     for item in [source] if isinstance(source, (str, os.PathLike)) else source:
@@ -134,7 +134,7 @@ def load_tokens(source: str | list[str], tokenizer, text_column: str = "text",
     The whole stream is cached and `max_tokens` cuts it after loading, so quick runs with different
     budgets share one cache entry.
     """
-    entries = _resolve(source)
+    entries = resolve_source(source)
     path = cache_dir() / "tokens" / f"{_cache_key(entries, tokenizer, text_column)}.npy"
     if path.exists():
         stream = np.load(path)

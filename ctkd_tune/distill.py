@@ -29,7 +29,7 @@ from ctkd_tune.checkpoint import check_same_run, load_checkpoint, save_checkpoin
 from ctkd_tune.checks import check_steps, sanity_checks, temperature_runaway
 from ctkd_tune.config import Config, ConfigError
 from ctkd_tune.ctkd import kd_loss, lambda_at
-from ctkd_tune.data import TokenData, eval_batches, get_batch, load_tokens, split_tokens
+from ctkd_tune.data import TokenData, eval_batches, get_batch, load_tokens, resolve_source, split_tokens
 from ctkd_tune.models import Teacher, check_model_paths, check_same_vocabulary, load_student, load_teacher, \
     resolve_device
 from ctkd_tune.temperature import Temperature, temperature_stats
@@ -57,6 +57,10 @@ class RunResult:
 def prepare(cfg: Config) -> Setup:
     """Load teacher, tokenizer, data and a fresh student; every bad path or mismatch fails here, before training."""
     check_model_paths(cfg.model)
+    try:
+        resolve_source(cfg.data.source)  # a missing data path fails here, before any model loads
+    except (FileNotFoundError, ValueError) as err:
+        raise ConfigError(f"data.source: {err}") from None
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     device = resolve_device(cfg.train.device)
@@ -66,7 +70,7 @@ def prepare(cfg: Config) -> Setup:
     vocab_size = teacher_model.config.vocab_size
     if int(tokens.max()) >= vocab_size:
         raise ConfigError(f"data holds token id {int(tokens.max())} but the teacher has only {vocab_size} logits")
-    data = split_tokens(tokens, cfg.data.val_fraction, cfg.data.block_size)
+    data = split_tokens(tokens, cfg.data.val_fraction, cfg.data.block_size, vocab_size=vocab_size)
     init_seed = cfg.train.seed if cfg.train.init_seed is None else cfg.train.init_seed
     student = load_student(cfg.model, teacher_model, tokenizer, device, seed=init_seed)
     check_same_vocabulary(tokenizer, None, teacher_model, student)
