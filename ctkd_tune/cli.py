@@ -59,15 +59,45 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 def cmd_search(args: argparse.Namespace) -> int:
     """Search the CTKD knobs: Ray Tune trials of full distillations, Optuna TPE, ASHA; results in results/NAME/."""
-    from ctkd_tune.search import run_search  # imports Ray: only this command needs it
+    from ctkd_tune.search import base_config, run_search  # imports Ray: only this command needs it
 
     if args.resume and (args.config or args.preset or args.overrides):
         raise ConfigError("--resume continues a search with its own config: drop --config/--preset/--set")
-    cfg = None if args.resume else load_config(args.config, args.preset or "shakespeare", args.overrides)
+    cfg = None if args.resume else base_config(args.config, args.preset, args.overrides)
     result = run_search(cfg, args.space, args.name, args.num_samples, args.max_concurrent, args.cpus_per_trial,
                         args.gpus_per_trial, args.resume, args.address, args.storage_path, args.results_dir,
                         args.seed, args.dashboard_host)
     return 130 if result.interrupted else 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    """Re-run a search's best configs with several seeds next to the fallbacks; judge them and recommend one.
+
+    Writes results/NAME/validation.parquet (one row per run) and validation.md (table and verdict). Exit code 0
+    when an arm is recommended, 1 when none passes.
+    """
+    from ctkd_tune.validate import run_validation  # imports Ray: only this command (and search) needs it
+
+    result = run_validation(args.experiment, top_k=args.top_k, seeds=args.seeds, steps=args.steps,
+                            rank_by=args.rank_by, ppl_target=args.ppl_target, target_vs=args.target_vs,
+                            resume=args.resume, cpus_per_run=args.cpus_per_run, gpus_per_run=args.gpus_per_run)
+    return 0 if result.verdict.recommended else 1
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Write the recommended configuration with its provenance, runnable by `ctkd-tune distill --config`."""
+    from ctkd_tune.export import export
+
+    export(args.experiment, args.format, args.output, args.with_student)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Plot a search and its validation: PNGs, report.md and a standalone report.html in results/NAME/."""
+    from ctkd_tune.report import build_report
+
+    build_report(args.experiment)
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -104,6 +134,31 @@ def _search_args(p: argparse.ArgumentParser) -> None:
                    help="dashboard bind address; 0.0.0.0 exposes it (with token auth) to the network")
 
 
+def _validate_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--experiment", required=True, help="results/NAME folder of `ctkd-tune search`")
+    p.add_argument("--top-k", type=int, help="completed trials to re-run (default 3)")
+    p.add_argument("--seeds", type=int, help="seeds per arm, the same for every arm (default 3)")
+    p.add_argument("--steps", type=int, help="steps per run (default: the search's full budget, train.steps)")
+    p.add_argument("--rank-by", choices=["final", "best"], help="rank trials by final or best val/ppl (default final)")
+    target = p.add_mutually_exclusive_group()
+    target.add_argument("--ppl-target", type=float, help="pass if mean final val/ppl <= X (default checks.ppl_target)")
+    target.add_argument("--target-vs", choices=["fixed"], help="pass if mean final val/ppl <= fallback A's (fixed T)")
+    p.add_argument("--resume", action="store_true", help="run only the (arm, seed) runs missing from the validation")
+    p.add_argument("--cpus-per-run", type=float, default=1.0, help="CPUs per run (runs go in parallel on Ray)")
+    p.add_argument("--gpus-per-run", type=float, default=0.0, help="GPUs per run (fractions allowed)")
+
+
+def _export_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--experiment", required=True, help="results/NAME folder of `ctkd-tune search`")
+    p.add_argument("--format", choices=["yaml", "json"], default="yaml", help="file format (default yaml)")
+    p.add_argument("--output", help="file to write (default results/NAME/recommended.FORMAT)")
+    p.add_argument("--with-student", metavar="DIR", help="also copy the validated student (Hugging Face dir) to DIR")
+
+
+def _report_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--experiment", required=True, help="results/NAME folder of `ctkd-tune search`")
+
+
 def _teacher_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--name", default="shakespeare", choices=["shakespeare", "tiny"], help="embedded teacher")
     p.add_argument("--force", action="store_true", help="train again even if cached")
@@ -114,6 +169,9 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], Callable[[argpars
     "teacher": (cmd_teacher, _teacher_args),
     "config": (cmd_config, add_config_args),
     "search": (cmd_search, _search_args),
+    "validate": (cmd_validate, _validate_args),
+    "export": (cmd_export, _export_args),
+    "report": (cmd_report, _report_args),
 }
 
 

@@ -51,16 +51,20 @@ class Recipe:
     block_size: int  # tokens per sequence (batch_size * block_size tokens per step)
     lr: float  # peak AdamW learning rate
     warmup_steps: int  # linear warmup, then cosine decay to lr / 10
+    bf16: bool  # bf16 autocast while pre-training (used only where the CPU has native bf16)
+    threads: int | None  # torch threads while pre-training; None keeps the process setting
     seed: int = 1337  # model init and batch order
 
 
 RECIPES = {
     "shakespeare": Recipe(vocab_size=8192, n_layer=4, n_embd=256, n_head=4,
                           student_n_layer=2, student_n_embd=128, student_n_head=4,
-                          steps=600, batch_size=8, block_size=256, lr=2e-3, warmup_steps=40),
+                          steps=600, batch_size=8, block_size=256, lr=2e-3, warmup_steps=40,
+                          bf16=True, threads=None),
     "tiny": Recipe(vocab_size=512, n_layer=2, n_embd=64, n_head=4,
                    student_n_layer=1, student_n_embd=32, student_n_head=4,
-                   steps=200, batch_size=16, block_size=128, lr=1e-2, warmup_steps=20),
+                   steps=250, batch_size=16, block_size=128, lr=4e-3, warmup_steps=20,
+                   bf16=False, threads=1),
 }
 N_POSITIONS = 256  # context length of every builtin model
 
@@ -202,23 +206,31 @@ def heldout_ppl(model: GPT2LMHeadModel, batches: list[tuple[torch.Tensor, torch.
     return math.exp(total / count)
 
 
-def _pretrain(name: str, out: Path, log: Callable[[str], None]) -> None:
-    """Pre-train teacher `name` on the train split of its corpus; save model, tokenizer and teacher.json."""
+@contextlib.contextmanager
+def _torch_threads(n: int | None) -> Iterator[None]:
+    """Run with `n` torch threads, then restore: a tiny model on 1 thread is never slowed by busy cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n or before)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _train(model: GPT2LMHeadModel, train: torch.Tensor, r: Recipe, log: Callable[[str], None]) -> None:
+    """The pre-training loop: AdamW, warmup + cosine LR, gradient clipping, a log line every 50 steps."""
     from ctkd_tune import data  # here, not at the top: data imports this module for the builtin sources
 
-    r, tok, t0 = _recipe(name), builtin_tokenizer(name), time.time()
-    splits = data.split_tokens(data.load_tokens(f"builtin:{name}", tok), 0.05, r.block_size, len(tok))
-    with torch.random.fork_rng(devices=[]):  # seed the init without disturbing the caller's RNG
-        torch.manual_seed(r.seed)
-        model = GPT2LMHeadModel(_gpt2_config(len(tok), tok.eos_token_id, r.n_layer, r.n_embd, r.n_head))
     optimizer = torch.optim.AdamW(model.parameters(), lr=r.lr, betas=(0.9, 0.95), weight_decay=0.1)
     # bf16 autocast is ~1.6x faster where the CPU has native bf16 (AVX512-BF16/AMX), much slower where it hasn't
-    use_bf16 = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    use_bf16 = r.bf16 and torch.ops.mkldnn._is_mkldnn_bf16_supported()
     model.train()
+    t0 = time.time()
     for step in range(r.steps):
+        lr = _get_lr(step, r)
         for group in optimizer.param_groups:
-            group["lr"] = _get_lr(step, r)
-        x, y = data.get_batch(splits.train, step, r.batch_size, r.block_size, r.seed)
+            group["lr"] = lr
+        x, y = data.get_batch(train, step, r.batch_size, r.block_size, r.seed)  # (B, T) each
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
             logits = model(input_ids=x).logits  # (B, T, V)
         loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
@@ -228,13 +240,29 @@ def _pretrain(name: str, out: Path, log: Callable[[str], None]) -> None:
         optimizer.step()
         if step % 50 == 0 or step == r.steps - 1:
             rate = (step + 1) * x.numel() / (time.time() - t0)
-            log(f"teacher {name}: step {step}/{r.steps} loss {loss.item():.3f} lr {_get_lr(step, r):.2e} {rate:,.0f} tok/s")
-    ppl = heldout_ppl(model, data.eval_batches(splits.val, 16, 8, r.block_size))
+            log(f"step {step + 1}/{r.steps}  loss {loss.item():.3f}  lr {lr:.2e}  {rate:,.0f} tok/s")
+
+
+def _pretrain(name: str, out: Path, log: Callable[[str], None]) -> None:
+    """Pre-train teacher `name` on the train split of its corpus; save model, tokenizer and teacher.json to `out`."""
+    from ctkd_tune import data
+
+    r, tok, t0 = _recipe(name), builtin_tokenizer(name), time.time()
+    splits = data.split_tokens(data.load_tokens(f"builtin:{name}", tok), 0.05, r.block_size, len(tok))
+    log(f"pre-training the {name!r} teacher: {r.steps} steps of {r.batch_size}x{r.block_size} tokens "
+        f"({len(splits.train):,} train tokens); cached afterwards in {cache_dir() / 'teachers' / name}")
+    with torch.random.fork_rng(devices=[]):  # seed the init without disturbing the caller's RNG
+        torch.manual_seed(r.seed)
+        model = GPT2LMHeadModel(_gpt2_config(len(tok), tok.eos_token_id, r.n_layer, r.n_embd, r.n_head))
+    with _torch_threads(r.threads):
+        _train(model, splits.train, r, log)
+        ppl = heldout_ppl(model, data.eval_batches(splits.val, 16, 8, r.block_size))
     info = {"name": name, "steps": r.steps, "heldout_ppl": round(ppl, 2), "wall_time_s": round(time.time() - t0, 1),
             "seed": r.seed, "tokens_per_step": r.batch_size * r.block_size, "train_tokens": len(splits.train),
-            "val_tokens": len(splits.val), "parameters": model.num_parameters(), "recipe": asdict(r)}
-    log(f"teacher {name}: held-out ppl {ppl:.1f} after {r.steps} steps in {info['wall_time_s']} s")
-    model.save_pretrained(out, safe_serialization=True)
+            "val_tokens": len(splits.val), "parameters": model.num_parameters(), "torch_threads": torch.get_num_threads()
+            if r.threads is None else r.threads, "recipe": asdict(r)}
+    log(f"teacher {name!r}: held-out ppl {ppl:.1f} after {r.steps} steps in {info['wall_time_s']} s")
+    model.save_pretrained(out)  # safetensors
     tok.save_pretrained(out)
     (out / "teacher.json").write_text(json.dumps(info, indent=2) + "\n")
 

@@ -29,6 +29,10 @@ OPTUNA_TRIAL_KEY = "optuna_trial"
 CURVE_METRICS = ["val/ppl", "val/kl", "val/top1_agreement", "val/loss", "train/loss", "train/kd_loss",
                  "train/ce_loss", "train/lr", "ctkd/temperature", "ctkd/temperature_min", "ctkd/temperature_max",
                  "ctkd/lambda", "ctkd/evals_at_bound", "wall_time_s"]
+TRIAL_KEYS = ["trial_id", "optuna_trial", "optuna_state", "run", "status", "stop_reason", "final_val_ppl",
+              "best_val_ppl", "best_step", "final_val_kl", "final_top1_agreement", "final_temperature", "final_lambda",
+              "steps", "wall_time_s", "path", "params"]  # then the config's dotted keys
+CURVE_KEYS = ["trial_id", "optuna_trial", "step", "status", *CURVE_METRICS]
 STATUSES = ("completed", "pruned", "diverged", "error", "interrupted")
 
 
@@ -93,6 +97,7 @@ def build_tables(results: Iterable[Any], base: dict[str, Any], *, ppl_threshold:
             "final_top1_agreement": evals[-1].get("val/top1_agreement") if evals else None,
             "final_temperature": last.get("ctkd/temperature"), "final_lambda": last.get("ctkd/lambda"),
             "steps": last.get("step", 0), "wall_time_s": last.get("wall_time_s"), "path": str(result.path),
+            "params": json.dumps(params, sort_keys=True),  # what the searcher chose; the rest is the base config
         }
         try:
             config = trial_config(base, params).flat()
@@ -125,7 +130,7 @@ def write_tables(directory: str | Path, trials: list[dict], curves: list[dict]) 
     directory = Path(directory)
     frames = []
     for name, rows, sort in (("trials", trials, ["optuna_trial"]), ("curves", curves, ["optuna_trial", "step"])):
-        new = _frame(rows)
+        new = _frame(rows) if rows else pd.DataFrame(columns=TRIAL_KEYS if name == "trials" else CURVE_KEYS)
         path = directory / f"{name}.parquet"
         if path.is_file():
             old = pd.read_parquet(path)

@@ -16,6 +16,7 @@ best_config.yaml and the Ray experiment dirs (ray/NAME-runK/).
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -31,12 +32,15 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
-from ctkd_tune.config import Config, ConfigError
+from ctkd_tune.config import Config, ConfigError, from_dict
 from ctkd_tune.io import atomic_write_json
 from ctkd_tune.results import (OPTUNA_TRIAL_KEY, build_tables, divergence_reason, summary_table, trial_outcome,
                                write_best_config, write_tables)
 
 DEFAULT_NUM_SAMPLES = 8
+# The default search's trial budget (Shakespeare preset, no --config/--preset): 8 trials, 2 at a time on 2 CPU
+# cores, in ~10 minutes once the teacher is cached (measured; see the README). `--set` still overrides them.
+DEFAULT_BUDGET = {"train.steps": 150, "train.eval_every": 25}
 STARTUP_TRIALS = 4  # TPE samples at random until this many trials finished (the known points count)
 METRIC, MODE = "val/ppl", "min"
 
@@ -86,10 +90,10 @@ class CTKDOptunaSearch(OptunaSearch):
 
     def _report(self, ot_trial, result: dict) -> None:
         value, step = result.get(self.metric), result.get("step")
-        if result.get("status") != "diverged" and _finite(value) and isinstance(step, int):
+        if result.get("status") != "diverged" and _finite(value) and _finite(step):
             with warnings.catch_warnings():  # a resumed trial may repeat a step: optuna keeps the first, and warns
                 warnings.simplefilter("ignore")
-                ot_trial.report(value, step)
+                ot_trial.report(value, int(step))
 
 
 class DivergenceStopper(tune.Stopper):
@@ -128,9 +132,11 @@ def run_search(base_cfg: Config | None, space: str | None = None, name: str = "c
                verbose: int = 1) -> SearchResult:
     """Run (or extend, or resume) the search NAME; returns its tables. See the module docstring.
 
-    The scheduler knobs (grace_period: default past the longest λ warmup; reduction_factor), the divergence
-    criteria (ppl_threshold: default checks.ppl_at_10; runaway_patience: evaluations at a bound, 0 = off) and
-    the known points (default: the plan's recommended config and fallback C) are fixed at the first run of NAME.
+    Tuning knobs: ASHA's grace_period (default: past the longest λ warmup, see `_grace_period`) and
+    reduction_factor; the divergence criteria ppl_threshold (default: checks.ppl_at_10, the plan's ceiling at 10%
+    of the run) and runaway_patience (evaluations with the temperature at a bound; 0 = off); the known points
+    (default: the plan's recommended config and fallback C; evaluated only while the study is empty). All
+    settings are recorded in results/NAME/search.json, which `resume=True` reads back.
     """
     from search_spaces import check_space, load_space
 
@@ -142,7 +148,7 @@ def run_search(base_cfg: Config | None, space: str | None = None, name: str = "c
     if resume:
         if state is None:
             raise ConfigError(f"--resume: no search named {name!r} in {directory.parent}")
-        base_cfg = load_config_dict(state["base"])
+        base_cfg = from_dict(state["base"])
         space_fn = load_space(state["space"])  # a file-based space must be importable to unpickle the searcher
         settings = state["settings"]
     else:
@@ -152,7 +158,7 @@ def run_search(base_cfg: Config | None, space: str | None = None, name: str = "c
         space_fn = load_space(space)
         info = check_space(space_fn, base_cfg, space or "default", points)
         steps = base_cfg.train.steps
-        grace = grace_period or min(steps, math.ceil(info.max_warmup_ratio * steps) + max(1, math.ceil(0.05 * steps)))
+        grace = grace_period or _grace_period(info.max_warmup_ratio, steps)
         settings = {"params": info.params, "points": info.points, "grace_period": grace, "max_t": steps,
                     "reduction_factor": reduction_factor, "runaway_patience": runaway_patience,
                     "ppl_threshold": ppl_threshold or base_cfg.checks.ppl_at_10, "seed": seed,
@@ -162,11 +168,11 @@ def run_search(base_cfg: Config | None, space: str | None = None, name: str = "c
     runs = state["runs"] if state else []
     if not resume:
         _check_no_unfinished_trials(storage, name)
-        runs = runs + [{"name": f"{name}-run{len(runs) + 1}", "storage_path": storage_path or str(directory / "ray"),
+        _prepare_shared(base_cfg)  # teacher and token cache built once, before trials could race for them
+        runs = runs + [{"name": f"{name}-run{len(runs) + 1}", "storage_path": _storage(storage_path, directory),
                         "num_samples": num_samples or DEFAULT_NUM_SAMPLES}]
         atomic_write_json(state_file, {"name": name, "base": base_cfg.to_dict(), "space": space or None,
                                        "settings": settings, "runs": runs})
-        _prepare_shared(base_cfg)  # teacher and token cache built once, before trials could race for them
     run = runs[-1]
     os.environ["RAY_CHDIR_TO_TRIAL_DIR"] = "0"
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the classic table, with our parameter columns
@@ -179,6 +185,9 @@ def run_search(base_cfg: Config | None, space: str | None = None, name: str = "c
                                         {"cpu": settings["cpus_per_trial"], "gpu": settings["gpus_per_trial"]})
         experiment = f"{run['storage_path'].rstrip('/')}/{run['name']}"
         if resume:
+            if not tune.Tuner.can_restore(experiment):
+                raise ConfigError(f"--resume: {experiment} holds no Ray experiment state (the run never started); "
+                                  "run again without --resume")
             print(f"ctkd-tune: resuming {experiment}")
             tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True, resume_errored=False)
         else:
@@ -192,16 +201,29 @@ def run_search(base_cfg: Config | None, space: str | None = None, name: str = "c
     return _write_results(directory, grid, base_cfg, settings, storage, name, run["name"])
 
 
-def load_config_dict(data: dict[str, Any]) -> Config:
-    from ctkd_tune.config import from_dict
+def _grace_period(max_warmup_ratio: float, steps: int) -> int:
+    """ASHA's first rung: the longest λ warmup of the space plus 5% of the run.
 
-    return from_dict(data)
+    While λ = 0 the temperature is frozen at tau_init, so before the longest warmup ends trials differ mostly by
+    how fast the student starts, not by the curriculum being searched; 5% more steps let the adversary act. With
+    the default space (warmup ≤ 0.4) and reduction factor 2 the rungs sit at 45% and 90% of the run; a rung acts
+    at the first evaluation at or after it (step 200 of the default 400: trials below the median stop there).
+    """
+    return min(steps, math.ceil(max_warmup_ratio * steps) + max(1, math.ceil(0.05 * steps)))
+
+
+def base_config(path: str | None = None, preset: str | None = None, overrides: list[str] = ()) -> Config:
+    """The search's base config, as for `distill`; with neither a file nor a preset: the Shakespeare preset at
+    the default search budget (DEFAULT_BUDGET), so `ctkd-tune search` alone finishes in about 10 minutes."""
+    from ctkd_tune.config import load_config
+
+    if path is None and preset is None:
+        return load_config(None, "shakespeare", [*(f"{k}={v}" for k, v in DEFAULT_BUDGET.items()), *overrides])
+    return load_config(path, preset, overrides)
 
 
 def _shared_seeds(cfg: Config) -> Config:
     """All trials see the same batches and start from the same student: they differ only by their params."""
-    from ctkd_tune.config import from_dict
-
     data = cfg.to_dict()
     for key in ("data_seed", "init_seed"):
         if data["train"][key] is None:
@@ -216,7 +238,8 @@ def _tune_config(settings, storage, name, space_fn, run, run_index, max_concurre
                                                                    n_startup_trials=STARTUP_TRIALS),
                                 study_name=name, storage=storage, ppl_threshold=settings["ppl_threshold"],
                                 runaway_patience=settings["runaway_patience"])
-    limit = max_concurrent or _resource_limit(settings["cpus_per_trial"], settings["gpus_per_trial"])
+    fit = _resource_limit(settings["cpus_per_trial"], settings["gpus_per_trial"])  # fails on impossible requests
+    limit = max_concurrent or fit
     scheduler = ASHAScheduler(time_attr="step", metric=METRIC, mode=MODE, max_t=settings["max_t"],
                               grace_period=settings["grace_period"], reduction_factor=settings["reduction_factor"])
     return tune.TuneConfig(search_alg=ConcurrencyLimiter(searcher, max_concurrent=limit), scheduler=scheduler,
@@ -258,6 +281,13 @@ def _trainable():
     return train_ctkd
 
 
+def _storage(storage_path: str | None, directory: Path) -> str:
+    """Ray's storage: a URI as given, a local path made absolute, or results/NAME/ray by default."""
+    if not storage_path:
+        return str(directory / "ray")
+    return storage_path if "://" in storage_path else str(Path(storage_path).resolve())
+
+
 def _trial_name(trial) -> str:
     return trial.trial_id
 
@@ -267,8 +297,6 @@ def _finite(value: Any) -> bool:
 
 
 def _read_state(path: Path) -> dict[str, Any]:
-    import json
-
     return json.loads(path.read_text())
 
 
@@ -317,6 +345,9 @@ def _init_ray(address: str | None, dashboard_host: str) -> bool:
         return False
     env = {k: os.environ[k] for k in ("CTKD_TUNE_CACHE", "RAY_CHDIR_TO_TRIAL_DIR") if k in os.environ}
     if address:
+        if address.startswith("ray://"):  # Tune then runs the search loop (and Optuna's sqlite) on the head node
+            print("ctkd-tune: note: with ray:// the searcher runs on the head node: give a --results-dir on storage "
+                  "it shares with this machine (or run `ctkd-tune search --address auto` on the head node)")
         context = ray.init(address=address, runtime_env={"env_vars": env}, logging_level=logging.WARNING)
     else:
         if dashboard_host not in ("127.0.0.1", "localhost", "::1"):

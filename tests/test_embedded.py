@@ -61,7 +61,7 @@ def test_tiny_teacher_builds_once_and_learned_something(cache):
     info = json.loads((path / "teacher.json").read_text())
     assert info["steps"] == embedded.RECIPES["tiny"].steps and info["seed"] == embedded.RECIPES["tiny"].seed
     # a random-init model sits near ppl = vocab (512); a useful tiny teacher is far below it
-    assert info["heldout_ppl"] < 60, info
+    assert info["heldout_ppl"] < 100, info
     assert not model.training and model.config.vocab_size == len(tok) == 512
     print(f"tiny teacher: {info['heldout_ppl']} held-out ppl, {info['wall_time_s']} s training, {built_in:.1f} s total")
 

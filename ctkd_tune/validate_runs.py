@@ -1,0 +1,149 @@
+"""The Ray side of `ctkd-tune validate`: one Ray task per (arm, seed) run, rows written as runs finish.
+
+    execute(directory, plan, todo, rows, curves, cpus=1.0, gpus=0.0)   # called by validate.run_validation
+
+Each task runs `distill` on the run's config and returns its verdict inputs (`verdict.run_metrics`) and a compact
+per-step curve; the first seed's task also saves the student (save_pretrained + tokenizer, written to a temporary
+folder then renamed). The driver appends a row per finished run and atomically rewrites validation.parquet and
+validation_curves.parquet, so an interruption (Ctrl-C cancels the pending tasks) loses no finished run. With a
+Ray cluster (RAY_ADDRESS), results/NAME must be on storage shared with the workers, for the students.
+Only this module and `ctkd-tune search` import Ray, lazily.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from ctkd_tune.config import Config, ConfigError, apply_overrides, from_dict
+from ctkd_tune.experiment import VALIDATION, VALIDATION_CURVES, VALIDATION_PLAN, finite, read_rows
+from ctkd_tune.io import atomic_write_json, atomic_write_parquet
+from ctkd_tune.verdict import run_metrics
+
+CURVE_KEYS = ("ctkd/temperature", "ctkd/temperature_min", "ctkd/temperature_max", "ctkd/lambda", "val/ppl")
+STUDENTS = Path("validation") / "students"
+
+
+def run_config(arm: dict[str, Any], seed: int) -> Config:
+    """The config of one validation run: the arm's config with every seed set to `seed`."""
+    return from_dict(apply_overrides(arm["config"], {"train.seed": seed, "train.data_seed": seed,
+                                                     "train.init_seed": seed}))
+
+
+def execute(directory: Path, plan: dict[str, Any], todo: list, rows: list, curves: list, cpus: float,
+            gpus: float) -> None:
+    """Run `todo` as Ray tasks; after each finished run, atomically rewrite validation(_curves).parquet."""
+    import ray
+
+    arms = {a["arm"]: a for a in plan["arms"]}
+    started = _init_ray()
+    try:
+        available = ray.cluster_resources().get("CPU", 0)
+        if cpus > available:
+            raise ConfigError(f"--cpus-per-run {cpus:g} exceeds the cluster's {available:g} CPUs")
+        atomic_write_json(directory / VALIDATION_PLAN, plan)
+        task = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=0)(_run_one)
+        pending = {}
+        for arm, seed in todo:
+            student = directory / STUDENTS / arm["arm"] if seed == plan["seeds"][0] else None
+            ref = task.remote(run_config(arm, seed).to_dict(), str(student) if student else None)
+            pending[ref] = (arm["arm"], seed)
+        print(f"ctkd-tune: validating {len(todo)} runs ({len(arms)} arms × {len(plan['seeds'])} seeds, "
+              f"{len(rows)} done before)")
+        try:
+            while pending:
+                ready, _ = ray.wait(list(pending), num_returns=1)
+                name, seed = pending.pop(ready[0])
+                try:
+                    out = ray.get(ready[0])
+                except Exception as err:  # a run that raised: recorded, re-run by --resume
+                    out = {"metrics": {"status": "error", "stop_reason": _first_line(err)}, "curve": []}
+                rows.append(run_row(arms[name], seed, out["metrics"]))
+                curves += [{"arm": name, "seed": seed, **c} for c in out["curve"]]
+                atomic_write_parquet(directory / VALIDATION, _rectangular(rows))
+                atomic_write_parquet(directory / VALIDATION_CURVES, _rectangular(curves))
+                m = out["metrics"]
+                ppl = f"val/ppl {m['final_val_ppl']:.2f}" if finite(m.get("final_val_ppl")) else m.get("stop_reason")
+                print(f"[{len(rows)}/{len(arms) * len(plan['seeds'])}] {name} seed {seed}: {m['status']}, {ppl}")
+        except KeyboardInterrupt:
+            for ref in pending:
+                ray.cancel(ref, force=True)
+            raise
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _run_one(config: dict[str, Any], student_dir: str | None) -> dict[str, Any]:
+    """One validation run (inside a Ray task): distill, summarise, keep the student if asked."""
+    import ray
+    import torch
+    from transformers.utils import logging as hf_logging
+
+    from ctkd_tune.distill import distill, prepare
+
+    hf_logging.disable_progress_bar()
+    cfg = from_dict(config)
+    if cfg.train.device == "auto" and not ray.get_gpu_ids():
+        cfg.train.device = "cpu"  # never take a GPU Ray did not assign
+    torch.set_num_threads(cfg.train.threads or max(1, int(ray.get_runtime_context().get_assigned_resources()
+                                                           .get("CPU", 1))))
+    setup = prepare(cfg)
+    result = distill(cfg, lambda metrics, checkpoint: None, setup=setup, progress=False)
+    if student_dir and result.history:
+        final = Path(student_dir)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=_mkdir(final.parent)))
+        result.student.save_pretrained(tmp)
+        setup.tokenizer.save_pretrained(tmp)
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+    curve = [{"step": r["step"], **{k: r.get(k) for k in CURVE_KEYS}} for r in result.history]
+    return {"metrics": run_metrics(result.summary, result.history, cfg.train.steps), "curve": curve}
+
+
+def run_row(arm: dict[str, Any], seed: int, metrics: dict[str, Any]) -> dict[str, Any]:
+    """A validation.parquet row: the arm, the seed, the run's metrics and its flattened config (lists as JSON)."""
+    config = {k: json.dumps(v) if isinstance(v, list) else v for k, v in run_config(arm, seed).flat().items()}
+    return {"arm": arm["arm"], "kind": arm["kind"], "label": arm["label"], "order": arm["order"],
+            "trial_id": arm.get("trial_id"), "seed": seed, **metrics, **config}
+
+
+def finished(directory: Path, plan: dict[str, Any]) -> tuple[list, list]:
+    """Rows (and curves) of earlier runs that --resume keeps: planned (arm, seed) pairs that did not raise."""
+    planned = {(a["arm"], s) for a in plan["arms"] for s in plan["seeds"]}
+    rows = read_rows(directory / VALIDATION) if (directory / VALIDATION).is_file() else []
+    rows = [r for r in rows if (r["arm"], r["seed"]) in planned and r["status"] != "error"]
+    keep = {(r["arm"], r["seed"]) for r in rows}
+    curves = read_rows(directory / VALIDATION_CURVES) if (directory / VALIDATION_CURVES).is_file() else []
+    return rows, [c for c in curves if (c["arm"], c["seed"]) in keep]
+
+
+def _init_ray() -> bool:
+    import ray
+
+    if ray.is_initialized():
+        return False
+    env = {k: os.environ[k] for k in ("CTKD_TUNE_CACHE",) if k in os.environ}
+    ray.init(include_dashboard=False, logging_level=logging.WARNING, runtime_env={"env_vars": env})
+    return True
+
+
+def _rectangular(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    keys = list(dict.fromkeys(key for row in rows for key in row))
+    return [{key: row.get(key) for key in keys} for row in rows]
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _first_line(err: BaseException) -> str:
+    cause = getattr(err, "cause", None) or err
+    lines = [line for line in str(cause).strip().splitlines() if line.strip()]
+    return f"{type(cause).__name__}: {lines[-1] if lines else ''}"[:300]

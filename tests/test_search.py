@@ -1,0 +1,249 @@
+"""`ctkd-tune search` on a local Ray with the tiny preset: tables, Optuna states, divergence, resume, extension.
+
+Run: pytest tests/test_search.py   (one local Ray for the module, 2 CPUs; ~2-3 minutes)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import optuna
+import pandas as pd
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+
+from ctkd_tune.config import Config, load_config
+from ctkd_tune.results import STATUSES, config_from_row, trial_outcome
+from search_spaces import trial_config
+from search_spaces.default import FALLBACK_C, RECOMMENDED
+
+ray = pytest.importorskip("ray")
+
+QUICK = ["train.steps=12", "train.eval_every=4", "train.eval_batches=1", "train.batch_size=4"]
+TRIAL_COLUMNS = {"trial_id", "optuna_trial", "optuna_state", "run", "status", "stop_reason", "final_val_ppl",
+                 "best_val_ppl", "best_step", "final_temperature", "final_lambda", "steps", "wall_time_s", "path"}
+CURVE_COLUMNS = {"trial_id", "optuna_trial", "step", "status", "val/ppl", "val/kl", "val/top1_agreement",
+                 "train/kd_loss", "ctkd/temperature", "ctkd/lambda"}
+OPTUNA_STATE = {"completed": "COMPLETE", "pruned": "PRUNED", "diverged": "FAIL", "error": "FAIL"}
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    os.environ["RAY_CHDIR_TO_TRIAL_DIR"] = "0"
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def base() -> Config:
+    return load_config(preset="tiny", overrides=QUICK)
+
+
+@pytest.fixture(scope="module")
+def search(ray_cluster, base, tmp_path_factory):
+    from ctkd_tune.search import run_search
+
+    root = tmp_path_factory.mktemp("results")
+    # ASHA aggressive enough to prune in a 4-trial search: rungs at steps 4 and 8
+    result = run_search(base, name="s", num_samples=4, results_root=root, grace_period=4, reduction_factor=2,
+                        verbose=0)
+    return result, root
+
+
+def _study(directory, name):
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{directory / 'optuna.db'}")
+
+
+def _assert_no_nan(path):
+    table = pq.read_table(path)
+    for name, column in zip(table.column_names, table.columns):
+        if str(column.type) in ("double", "float"):
+            assert not pc.any(pc.is_nan(column)).as_py(), f"NaN in {path.name}:{name}"
+
+
+def test_search_writes_the_three_tables(search, base):
+    result, _ = search
+    d = result.directory
+    trials, curves = pd.read_parquet(d / "trials.parquet"), pd.read_parquet(d / "curves.parquet")
+    assert len(trials) == 4 and trials["trial_id"].is_unique and list(trials["optuna_trial"]) == [0, 1, 2, 3]
+    assert TRIAL_COLUMNS | set(base.flat()) <= set(trials.columns)
+    assert set(trials["status"]) <= set(STATUSES) - {"error", "interrupted"}
+    assert CURVE_COLUMNS <= set(curves.columns)
+    assert set(curves["trial_id"]) == set(trials["trial_id"])
+    for _, row in trials.iterrows():  # the curve ends where the trial ended; trials share data and init seeds
+        curve = curves[curves["trial_id"] == row["trial_id"]]
+        assert curve["step"].is_monotonic_increasing and curve["step"].max() == row["steps"]
+        assert row["best_val_ppl"] == pytest.approx(curve["val/ppl"].min())
+        assert row["train.data_seed"] == row["train.init_seed"] == row["train.seed"] == 0
+    completed = trials[trials["status"] == "completed"]
+    assert len(completed) >= 1 and (completed["steps"] == base.train.steps).all()
+    _assert_no_nan(d / "trials.parquet")
+    _assert_no_nan(d / "curves.parquet")
+
+
+def test_known_points_run_first(search):
+    study = _study(search[0].directory, "s")
+    assert study.trials[0].params == RECOMMENDED and study.trials[1].params == FALLBACK_C
+
+
+def test_best_config_is_the_best_completed_trial(search, base):
+    result, _ = search
+    path = result.directory / "best_config.yaml"
+    assert path.read_text().splitlines()[0] == f"# ctkd-tune distill --config {path} --output runs/best"
+    trials = pd.read_parquet(result.directory / "trials.parquet")
+    best = trials[trials["status"] == "completed"].sort_values("final_val_ppl").iloc[0]
+    params = _study(result.directory, "s").trials[int(best["optuna_trial"])].params
+    trial_base = json.loads((result.directory / "search.json").read_text())["base"]  # base + shared seeds
+    assert trial_base["train"]["data_seed"] == trial_base["train"]["init_seed"] == 0
+    assert load_config(path) == trial_config(trial_base, params) == config_from_row(best.to_dict())
+
+
+def test_optuna_states_match_the_table(search):
+    result, _ = search
+    trials = pd.read_parquet(result.directory / "trials.parquet")
+    study = _study(result.directory, "s")
+    for _, row in trials.iterrows():
+        ot = study.trials[int(row["optuna_trial"])]
+        assert ot.state.name == OPTUNA_STATE[row["status"]] == row["optuna_state"]
+        assert ot.user_attrs["ray_trial_id"] == row["trial_id"] and ot.user_attrs["status"] == row["status"]
+        if row["status"] == "pruned":  # its last value is its last intermediate value, at its last step
+            assert row["steps"] < 12 and max(ot.intermediate_values) == row["steps"]
+            assert ot.value == pytest.approx(row["final_val_ppl"])
+        if row["status"] == "completed":
+            assert ot.value == pytest.approx(row["final_val_ppl"]) and row["steps"] == 12
+
+
+# --- the searcher's verdicts, without Ray -------------------------------------------------------------------------
+
+def _searcher():
+    from ctkd_tune.search import CTKDOptunaSearch
+
+    def space(trial):
+        trial.suggest_float("schedule.lambda_max", 0.1, 1.0)
+
+    return CTKDOptunaSearch(space=space, metric="val/ppl", mode="min", sampler=optuna.samplers.RandomSampler(0),
+                            ppl_threshold=1000.0, runaway_patience=2)
+
+
+@pytest.mark.parametrize("last, error, state", [
+    ({"val/ppl": 300.0, "step": 12, "status": "completed"}, False, "COMPLETE"),
+    ({"val/ppl": 300.0, "step": 4, "status": "running"}, False, "PRUNED"),  # stopped by ASHA
+    ({"val/ppl": 5000.0, "step": 4, "status": "running"}, False, "FAIL"),  # stopped by the divergence stopper
+    ({"val/ppl": 300.0, "step": 8, "status": "running", "ctkd/evals_at_bound": 2, "ctkd/temperature": 5.0},
+     False, "FAIL"),  # temperature runaway
+    ({"val/ppl": 512.0, "step": 3, "status": "diverged", "stop_reason": "diverged at step 3: non-finite loss"},
+     False, "FAIL"),
+    (None, True, "FAIL"),  # the trial raised
+])
+def test_searcher_tells_optuna_the_truth(last, error, state):
+    searcher = _searcher()
+    config = searcher.suggest("t1")
+    assert config["optuna_trial"] == 0
+    searcher.on_trial_result("t1", {"val/ppl": 400.0, "step": 2, "status": "running"})
+    searcher.on_trial_complete("t1", result=last, error=error)
+    trial = searcher._ot_study.trials[0]
+    assert trial.state.name == state
+    assert trial.user_attrs["status"] == trial_outcome(last, error, 1000.0, 2)[0]
+    if state == "PRUNED":  # Ray never passes the stopping result to on_trial_result: it is recorded here
+        assert trial.intermediate_values == {2: 400.0, 4: 300.0} and trial.value == 300.0
+    if state == "COMPLETE":
+        assert trial.value == 300.0
+    assert all(math.isfinite(v) for v in trial.intermediate_values.values())
+
+
+# --- divergence ---------------------------------------------------------------------------------------------------
+
+def test_diverging_trials_are_recorded_with_a_reason(ray_cluster, base, tmp_path):
+    from ctkd_tune.search import run_search
+
+    space = tmp_path / "lr.yaml"
+    space.write_text("train.lr: {type: categorical, choices: [1.0, 100.0]}\n")
+    # lr 1: val/ppl far above the threshold at the first evaluation; lr 100: a non-finite gradient at step 1-2
+    result = run_search(base, space=str(space), name="div", num_samples=2, results_root=tmp_path,
+                        points=[{"train.lr": 1.0}, {"train.lr": 100.0}], verbose=0)
+    trials = pd.read_parquet(result.directory / "trials.parquet").set_index("train.lr")
+    assert list(trials["status"]) == ["diverged", "diverged"]
+    assert "above the divergence threshold" in trials.loc[1.0, "stop_reason"]
+    assert "non-finite" in trials.loc[100.0, "stop_reason"]
+    assert all(t.state.name == "FAIL" for t in _study(result.directory, "div").trials)
+    assert not (result.directory / "best_config.yaml").exists()
+    curves = pd.read_parquet(result.directory / "curves.parquet")
+    assert (curves["val/ppl"].notna()).all()
+    _assert_no_nan(result.directory / "trials.parquet")
+    _assert_no_nan(result.directory / "curves.parquet")
+
+
+# --- resume and extension -----------------------------------------------------------------------------------------
+
+def test_resume_after_ctrl_c_runs_no_trial_twice(ray_cluster, tmp_path):
+    from ctkd_tune.search import run_search
+
+    cmd = [sys.executable, "-m", "ctkd_tune.cli", "search", "--preset", "tiny", "--name", "r", "--num-samples", "3",
+           "--max-concurrent", "1", "--address", ray_cluster, "--results-dir", str(tmp_path),
+           *(a for o in ["train.steps=40", *QUICK[1:]] for a in ("--set", o))]
+    driver = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    db = tmp_path / "r" / "optuna.db"
+    deadline = time.time() + 240
+    while time.time() < deadline:  # interrupt once trial 0 finished and trial 1 is under way
+        time.sleep(0.5)
+        if db.exists():
+            try:
+                trials = _study(tmp_path / "r", "r").trials
+            except KeyError:
+                continue
+            if any(t.state.is_finished() for t in trials) and any(
+                    t.state.name == "RUNNING" and len(t.intermediate_values) >= 2 for t in trials):
+                break
+    driver.send_signal(signal.SIGINT)  # Ctrl-C
+    assert driver.wait(timeout=120) == 130
+    before = pd.read_parquet(tmp_path / "r" / "trials.parquet")
+    assert "interrupted" in set(before["status"]) and len(before) == 2
+    finished = before[before["status"] != "interrupted"].iloc[0]
+
+    result = run_search(None, name="r", resume=True, results_root=tmp_path, verbose=0)
+    after = result.trials
+    assert len(after) == 3 and after["trial_id"].is_unique and after["optuna_trial"].is_unique
+    assert "interrupted" not in set(after["status"])
+    assert set(before["trial_id"]) <= set(after["trial_id"])
+    same = after.set_index("trial_id").loc[finished["trial_id"]]
+    assert same["wall_time_s"] == finished["wall_time_s"] and same["final_val_ppl"] == finished["final_val_ppl"]
+    study = _study(result.directory, "r")
+    assert len(study.trials) == 3 and not [t for t in study.trials if not t.state.is_finished()]
+    resumed = before[before["status"] == "interrupted"].iloc[0]
+    steps = pd.read_csv(os.path.join(resumed["path"], "progress.csv"))["step"].tolist()
+    assert steps.count(4) == 1 and steps[-1] == after.set_index("trial_id").loc[resumed["trial_id"], "steps"]
+
+
+def test_a_second_run_adds_trials_to_the_same_study(search, tmp_path):
+    from ctkd_tune.search import run_search
+
+    result, root = search
+    shutil.copytree(result.directory, tmp_path / "s", ignore=shutil.ignore_patterns("ray"))
+    again = run_search(load_config(preset="tiny", overrides=QUICK), name="s", num_samples=2, results_root=tmp_path,
+                       grace_period=4, verbose=0)
+    study = _study(again.directory, "s")
+    assert len(study.trials) == 6 and all(t.state.is_finished() for t in study.trials)
+    assert all(t.params not in (RECOMMENDED, FALLBACK_C) for t in study.trials[4:])  # points are not re-enqueued
+    trials = pd.read_parquet(again.directory / "trials.parquet")
+    assert list(trials["optuna_trial"]) == list(range(6)) and trials["trial_id"].is_unique
+    assert list(trials["run"]) == ["s-run1"] * 4 + ["s-run2"] * 2
+    with pytest.raises(Exception, match="another base config"):
+        run_search(load_config(preset="tiny"), name="s", num_samples=1, results_root=tmp_path)
+
+
+def test_default_search_budget_applies_only_without_a_config_or_preset():
+    from ctkd_tune.search import DEFAULT_BUDGET, base_config
+
+    cfg = base_config()
+    assert cfg.model.teacher == "builtin:shakespeare" and cfg.train.steps == DEFAULT_BUDGET["train.steps"]
+    assert base_config(overrides=["train.steps=7"]).train.steps == 7
+    assert base_config(preset="shakespeare") == load_config(preset="shakespeare")  # a preset: exactly as distill

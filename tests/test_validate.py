@@ -1,0 +1,274 @@
+"""`ctkd-tune validate`: the statistics, the verdict on constructed tables, and real runs on a tiny experiment.
+
+The experiment is fabricated with the search's own table writer (`results.write_tables`), so validate reads the
+same schema as after `ctkd-tune search`; runs use the tiny preset for 20 steps on a local Ray (2 CPUs).
+"""
+
+import json
+import math
+
+import pandas as pd
+import pytest
+
+from ctkd_tune.cli import main
+from ctkd_tune.config import ConfigError, load_config
+from ctkd_tune.stats import has_spike, paired_ci, t_quantile
+from ctkd_tune.verdict import Target, format_table, judge
+
+STEPS = 20
+KNOBS = [  # searched knobs of the fabricated trials: (params, status, final val/ppl)
+    ({"temperature.tau_max": 4.0, "schedule.lambda_max": 0.8, "schedule.type": "cosine"}, "completed", 250.0),
+    ({"temperature.tau_max": 6.0, "schedule.lambda_max": 0.2, "schedule.type": "linear"}, "completed", 260.0),
+    ({"temperature.tau_max": 3.0, "schedule.lambda_max": 1.5, "schedule.type": "constant"}, "completed", 280.0),
+    ({"temperature.tau_max": 5.0, "schedule.lambda_max": 0.1, "schedule.type": "linear"}, "pruned", 300.0),
+]
+
+
+def fabricate_experiment(directory, knobs=KNOBS, steps=STEPS, with_study=True):
+    """results/NAME/ as `ctkd-tune search` writes it: trials.parquet, curves.parquet, search.json, optuna.db."""
+    from ctkd_tune.results import write_tables
+
+    directory.mkdir(parents=True, exist_ok=True)
+    base = load_config(preset="tiny", overrides=[f"train.steps={steps}", "train.data_seed=0", "train.init_seed=0"])
+    trials, curves = [], []
+    for number, (params, status, ppl) in enumerate(knobs):
+        cfg = load_config(preset="tiny", overrides=[f"train.steps={steps}", "train.data_seed=0", "train.init_seed=0",
+                                                    *(f"{k}={v}" for k, v in params.items())])
+        last = steps if status == "completed" else steps // 2
+        trial_id = f"t{number:04d}"
+        trials.append({"trial_id": trial_id, "optuna_trial": number, "optuna_state": status.upper(), "run": "r1",
+                       "status": status, "stop_reason": None if status == "completed" else "stopped early by ASHA",
+                       "final_val_ppl": ppl, "best_val_ppl": ppl, "best_step": last, "final_val_kl": 1.0,
+                       "final_top1_agreement": 0.1, "final_temperature": 2.0 + 0.1 * number, "final_lambda": 0.5,
+                       "steps": last, "wall_time_s": 1.0, "path": f"/ray/{trial_id}",
+                       "params": json.dumps(params, sort_keys=True),
+                       **{k: json.dumps(v) if isinstance(v, list) else v for k, v in cfg.flat().items()}})
+        for step in range(2, last + 1, 4):
+            curves.append({"trial_id": trial_id, "optuna_trial": number, "step": step,
+                           "status": status if step == last else "running", "val/ppl": ppl * (1 + 2 / step),
+                           "ctkd/temperature": 2.0 + 0.01 * number * step, "ctkd/lambda": min(1.0, step / last)})
+    write_tables(directory, trials, curves)
+    (directory / "search.json").write_text(json.dumps({"name": directory.name, "base": base.to_dict(), "space": None,
+                                                       "settings": {"params": sorted(KNOBS[0][0])}, "runs": []}))
+    if with_study:
+        _study(directory, knobs)
+    return directory
+
+
+def _study(directory, knobs):
+    import optuna
+
+    dists = {"temperature.tau_max": optuna.distributions.FloatDistribution(2.0, 8.0),
+             "schedule.lambda_max": optuna.distributions.FloatDistribution(0.05, 2.0, log=True),
+             "schedule.type": optuna.distributions.CategoricalDistribution(["cosine", "exp", "linear", "constant"])}
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(study_name=directory.name, storage=f"sqlite:///{directory / 'optuna.db'}")
+    for params, status, ppl in knobs:
+        state = optuna.trial.TrialState.COMPLETE if status == "completed" else optuna.trial.TrialState.PRUNED
+        study.add_trial(optuna.trial.create_trial(params=params, distributions=dists, state=state,
+                                                  value=ppl if status == "completed" else None))
+
+
+# --- statistics ---------------------------------------------------------------------------------------------------
+
+def test_t_quantile_matches_the_tables():
+    for df, expected in ((1, 12.7062), (2, 4.3027), (4, 2.7764), (9, 2.2622), (30, 2.0423)):
+        assert t_quantile(0.95, df) == pytest.approx(expected, abs=1e-4)
+    assert t_quantile(0.99, 5) == pytest.approx(4.0321, abs=1e-4)
+
+
+def test_paired_ci_against_a_hand_computation():
+    # differences 2-1, 5-2, 4-1 = 1, 3, 3: mean 7/3, sd = sqrt(((−4/3)² + 2·(2/3)²)/2) = sqrt(4/3)
+    ci = paired_ci([2.0, 5.0, 4.0], [1.0, 2.0, 1.0])
+    half = 4.302653 * math.sqrt(4 / 3) / math.sqrt(3)
+    assert ci.n == 3 and ci.mean == pytest.approx(7 / 3)
+    assert ci.low == pytest.approx(7 / 3 - half, rel=1e-6) and ci.high == pytest.approx(7 / 3 + half, rel=1e-6)
+    one = paired_ci([2.0], [1.0])
+    assert one.mean == 1.0 and one.low is None and one.high is None and one.n == 1
+
+
+def test_spike_definition():
+    assert has_spike([(10, 300.0), (20, 250.0), (30, 400.0)], total_steps=100)  # 400 > 1.5 × 250
+    assert not has_spike([(10, 300.0), (20, 250.0), (30, 370.0)], total_steps=100)  # 370 < 375
+    assert not has_spike([(5, 100.0), (10, 200.0), (20, 180.0)], total_steps=100)  # the jump is within the first 10%
+
+
+# --- the verdict on constructed tables ----------------------------------------------------------------------------
+
+def runs_table(ppl_by_arm, *, failed_checks=(), spikes=(), diverged=()):
+    """One row per (arm, seed); arms named trial-* are searched, learnable is the ablation."""
+    rows = []
+    for arm, ppls in ppl_by_arm.items():
+        kind = "search" if arm.startswith("trial-") else "ablation" if arm == "learnable" else "fallback"
+        for seed, ppl in enumerate(ppls, start=1):
+            bad = (arm, seed) in diverged
+            rows.append({"arm": arm, "kind": kind, "label": arm, "seed": seed,
+                         "status": "diverged" if bad else "completed", "final_val_ppl": None if bad else ppl,
+                         "checks_passed": (arm, seed) not in failed_checks, "spike": (arm, seed) in spikes,
+                         "runaway": False, "tau_start": 2.0, "tau_mid": 2.5, "tau_end": 3.0, "tau_lo": 2.0,
+                         "tau_hi": 3.1})
+    return pd.DataFrame(rows)
+
+
+FALLBACKS = {"fallback_A": [300.0, 302.0, 301.0], "fallback_B": [310.0, 312.0, 309.0],
+             "fallback_C": [305.0, 303.0, 306.0]}
+
+
+def test_verdict_ctkd_wins():
+    runs = runs_table({"trial-3": [290.0, 291.0, 292.0], "trial-7": [295.0, 296.0, 294.0], **FALLBACKS,
+                       "learnable": [299.0, 300.0, 298.0]})
+    verdict = judge(runs, Target(value=320.0), seeds=[1, 2, 3])
+    assert verdict.recommended == "trial-3" and verdict.ctkd_passes
+    arms = verdict.arms.set_index("arm")
+    assert arms.loc["trial-3", "diff_vs_A"] == pytest.approx(-10.0)
+    assert arms.loc["trial-3", "ci_high"] < 0  # [290, 291, 292] − [300, 302, 301] = [−10, −11, −9]
+    assert list(verdict.arms["arm"]) == ["trial-3", "trial-7", "fallback_A", "fallback_B", "fallback_C", "learnable"]
+    assert "Recommended: trial-3" in "\n".join(verdict.lines)
+    table = format_table(verdict.arms)
+    assert "reference" in table and "PASS" in table and "-10.00 [" in table
+
+
+def test_verdict_no_ctkd_config_passes():
+    runs = runs_table({"trial-3": [290.0, 291.0, 292.0], "trial-7": [280.0, 350.0, 281.0], **FALLBACKS},
+                      failed_checks={("trial-3", 2)}, spikes={("trial-7", 2)})
+    verdict = judge(runs, Target(value=320.0), seeds=[1, 2, 3])
+    assert not verdict.ctkd_passes and verdict.recommended == "fallback_A"
+    text = "\n".join(verdict.lines)
+    assert "NO searched CTKD configuration passes" in text and "Recommended fallback: fallback_A" in text
+    why = verdict.arms.set_index("arm")["why"]
+    assert "checks passed on 2/3 seeds" in why["trial-3"] and "stable on 2/3 seeds" in why["trial-7"]
+
+
+def test_verdict_nothing_passes_and_the_ablation_is_never_recommended():
+    runs = runs_table({"trial-3": [450.0, 460.0], "fallback_A": [410.0, 420.0], "learnable": [390.0, 395.0]})
+    verdict = judge(runs, Target(value=400.0), seeds=[1, 2])
+    assert verdict.arms.set_index("arm").loc["learnable", "passes"]  # it passes, but is an ablation
+    assert verdict.recommended is None and "nothing to recommend" in "\n".join(verdict.lines)
+    runs = runs_table({"trial-3": [300.0, 302.0], "fallback_A": [310.0, 320.0], "learnable": [290.0, 295.0]})
+    verdict = judge(runs, Target(value=400.0), seeds=[1, 2])
+    assert verdict.recommended == "trial-3" and "the learnable ablation (never recommended)" in verdict.lines[-1]
+
+
+def test_verdict_relative_target_diverged_and_missing_seeds():
+    runs = runs_table({"trial-1": [299.0, 300.0, 301.5], "trial-2": [280.0, 281.0, 282.0],
+                       "trial-4": [250.0, 250.0], **FALLBACKS}, diverged={("trial-2", 3)})
+    verdict = judge(runs, Target(vs="fallback_A"), seeds=[1, 2, 3])
+    arms = verdict.arms.set_index("arm")
+    assert arms.loc["trial-1", "passes"]  # mean 300.17 ≤ fallback A's 301
+    assert not arms.loc["fallback_B", "passes"] and "target" in arms.loc["fallback_B", "why"]
+    assert "did not complete" in arms.loc["trial-2", "why"] and "missing seeds [3]" in arms.loc["trial-4", "why"]
+    assert verdict.recommended == "trial-1"
+    assert "within seed noise" in "\n".join(verdict.lines)
+
+
+def test_verdict_with_one_seed_says_n_a():
+    verdict = judge(runs_table({"trial-1": [290.0], "fallback_A": [300.0]}), Target(value=400.0))
+    assert verdict.arms.set_index("arm").loc["trial-1", "ci_low"] is None or \
+        math.isnan(verdict.arms.set_index("arm").loc["trial-1", "ci_low"])
+    assert "-10.00 n/a" in format_table(verdict.arms) and "CI n/a with one seed" in "\n".join(verdict.lines)
+
+
+# --- real runs ------------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    import ray
+
+    started = not ray.is_initialized()  # another test module may have left its own Ray running
+    if started:
+        ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    yield
+    if started:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def validated(tmp_path_factory, ray_cluster):
+    """A fabricated experiment validated through the CLI: top-1 trial + 4 reference arms × 2 seeds × 20 steps."""
+    exp = fabricate_experiment(tmp_path_factory.mktemp("results") / "exp")
+    code = main(["validate", "--experiment", str(exp), "--top-k", "1", "--seeds", "2", "--steps", str(STEPS)])
+    return exp, code
+
+
+def test_validate_runs_every_arm_and_seed(validated):
+    exp, code = validated
+    runs = pd.read_parquet(exp / "validation.parquet")
+    arms = ["trial-0", "fallback_A", "fallback_B", "fallback_C", "learnable"]
+    assert sorted(zip(runs["arm"], runs["seed"])) == sorted((a, s) for a in arms for s in (1, 2))
+    assert (runs["status"] == "completed").all() and (runs["steps"] == STEPS).all()
+    # the same fresh seeds everywhere, for the student init and the data order too
+    assert (runs["train.seed"] == runs["seed"]).all() and (runs["train.data_seed"] == runs["seed"]).all()
+    assert (runs["train.init_seed"] == runs["seed"]).all()
+    modes = runs.drop_duplicates("arm").set_index("arm")["temperature.mode"]
+    assert modes.to_dict() == {"trial-0": "ctkd", "fallback_A": "fixed", "fallback_B": "anneal",
+                               "fallback_C": "ctkd", "learnable": "learnable"}
+    fb_c = runs[runs["arm"] == "fallback_C"].iloc[0]
+    assert (fb_c["schedule.lambda_max"], fb_c["schedule.warmup_ratio"]) == (0.5, 0.4)
+    assert runs.loc[runs["arm"] == "trial-0", "temperature.tau_max"].eq(4.0).all()  # the best trial's knobs
+    for column in ("final_val_ppl", "best_val_ppl", "checks_passed", "runaway", "spike", "wall_time_s", "tau_mid"):
+        assert runs[column].notna().all(), column
+    md = (exp / "validation.md").read_text()
+    assert "## Verdict" in md and "fallback_A" in md and "Δ vs A" in md
+    assert code == (0 if "Recommended" in md else 1)
+    for arm in arms:  # the first seed's student of every arm, loadable as a Hugging Face model dir
+        assert (exp / "validation" / "students" / arm / "config.json").is_file()
+        assert (exp / "validation" / "students" / arm / "tokenizer.json").is_file()
+    curves = pd.read_parquet(exp / "validation_curves.parquet")
+    assert len(curves) == len(runs) * STEPS
+
+
+def test_validate_resume_runs_only_what_is_missing(validated, capsys):
+    exp, _ = validated
+    from ctkd_tune.io import atomic_write_parquet
+    from ctkd_tune.validate import run_validation
+
+    before = pd.read_parquet(exp / "validation.parquet")
+    gone = (before["arm"] == "fallback_B") & (before["seed"] == 2)
+    errored = (before["arm"] == "learnable") & (before["seed"] == 1)
+    kept = before[~gone].copy()
+    kept.loc[errored[~gone], "status"] = "error"  # a run that raised is re-run too
+    atomic_write_parquet(exp / "validation.parquet", kept)
+    with pytest.raises(ConfigError, match="already holds a validation"):
+        run_validation(exp, top_k=1, seeds=2, steps=STEPS)
+    with pytest.raises(ConfigError, match="--seeds 2"):
+        run_validation(exp, seeds=3, resume=True)
+    capsys.readouterr()
+    result = run_validation(exp, resume=True)
+    assert "validating 2 runs" in capsys.readouterr().out
+    after = pd.read_parquet(exp / "validation.parquet")
+    assert len(after) == len(before) and result.missing == 0 and (after["status"] == "completed").all()
+    untouched = before[~gone & ~errored].sort_values(["arm", "seed"]).reset_index(drop=True)
+    same = after.merge(untouched[["arm", "seed"]]).sort_values(["arm", "seed"]).reset_index(drop=True)
+    pd.testing.assert_frame_equal(same[untouched.columns], untouched)  # not re-run: identical, wall time included
+
+
+def test_bad_experiments_are_one_line_errors(tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    no_completed = fabricate_experiment(tmp_path / "pruned", knobs=[KNOBS[3]], with_study=False)
+    cases = {str(tmp_path / "missing"): "no such directory", str(empty): "no trials.parquet",
+             str(no_completed): "no completed trials (1 pruned)"}
+    for path, message in cases.items():
+        before = sorted(p.name for p in tmp_path.rglob("*"))
+        assert main(["validate", "--experiment", path, "--steps", "5"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("ctkd-tune: error:") and message in err and err.count("\n") == 1
+        assert sorted(p.name for p in tmp_path.rglob("*")) == before  # nothing written
+    pd.DataFrame({"trial_id": [], "status": [], "final_val_ppl": []}).to_parquet(empty / "trials.parquet")
+    assert main(["validate", "--experiment", str(empty)]) == 2
+    assert "holds no trials" in capsys.readouterr().err
+    exp = fabricate_experiment(tmp_path / "ok", with_study=False)
+    for args, message in ((["--top-k", "0"], "must be >= 1"), (["--cpus-per-run", "0"], "--cpus-per-run"),
+                          (["--ppl-target", "-1"], "--ppl-target must be > 0")):
+        assert main(["validate", "--experiment", str(exp), *args]) == 2
+        assert message in capsys.readouterr().err
+    assert not (exp / "validation.json").exists()
+
+
+def test_validate_help_lists_the_flags(capsys):
+    with pytest.raises(SystemExit):
+        main(["validate", "--help"])
+    out = capsys.readouterr().out
+    for flag in ("--experiment", "--top-k", "--seeds", "--ppl-target", "--target-vs", "--resume", "--cpus-per-run",
+                 "--steps"):
+        assert flag in out
