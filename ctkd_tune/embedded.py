@@ -52,14 +52,14 @@ class Recipe:
     lr: float  # peak AdamW learning rate
     warmup_steps: int  # linear warmup, then cosine decay to lr / 10
     bf16: bool  # bf16 autocast while pre-training (used only where the CPU has native bf16)
-    threads: int | None  # torch threads while pre-training; None keeps the process setting
+    threads: int | None  # torch threads while pre-training; None: the cores idle right now
     seed: int = 1337  # model init and batch order
 
 
 RECIPES = {
     "shakespeare": Recipe(vocab_size=8192, n_layer=4, n_embd=256, n_head=4,
                           student_n_layer=2, student_n_embd=128, student_n_head=4,
-                          steps=600, batch_size=8, block_size=256, lr=2e-3, warmup_steps=40,
+                          steps=600, batch_size=4, block_size=256, lr=1.5e-3, warmup_steps=40,
                           bf16=True, threads=None),
     "tiny": Recipe(vocab_size=512, n_layer=2, n_embd=64, n_head=4,
                    student_n_layer=1, student_n_embd=32, student_n_head=4,
@@ -126,17 +126,17 @@ def _file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def _build_once(target: Path, build: Callable[[Path], None], force: bool = False) -> Path:
-    """Make directory `target` with `build(tmp_dir)` unless it exists; a crash never leaves a half entry."""
-    if target.is_dir() and not force:
+def _build_once(target: Path, build: Callable[[Path], None], ready: Callable[[Path], bool] = Path.is_dir) -> Path:
+    """Make directory `target` with `build(tmp_dir)` unless `ready(target)`; a crash never leaves a half entry."""
+    if ready(target):
         return target
     with _file_lock(target.with_name(target.name + ".lock")):
-        if target.is_dir() and not force:  # another process built it while we waited for the lock
+        if ready(target):  # another process built it while we waited for the lock
             return target
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
         try:
             build(tmp)
-            if target.exists():  # force: rename the old entry aside first, since rename won't replace a full dir
+            if target.exists():  # stale or forced: move the old entry aside, since rename won't replace a full dir
                 old = target.with_name(f".{target.name}.old.{os.getpid()}")
                 os.replace(target, old)
                 shutil.rmtree(old)
@@ -206,11 +206,21 @@ def heldout_ppl(model: GPT2LMHeadModel, batches: list[tuple[torch.Tensor, torch.
     return math.exp(total / count)
 
 
+def _idle_cores() -> int:
+    """Cores not busy right now (1-min load average), capped by torch's thread setting (Ray sets it per trial)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(torch.get_num_threads(), cores - round(os.getloadavg()[0])))
+
+
 @contextlib.contextmanager
 def _torch_threads(n: int | None) -> Iterator[None]:
-    """Run with `n` torch threads, then restore: a tiny model on 1 thread is never slowed by busy cores."""
+    """Run with `n` torch threads (None: the idle cores), then restore the process setting.
+
+    Why not always all cores: an OpenMP thread that shares its core with another process stalls the others
+    at every op, and training ran ~20x slower with 2 threads on 2 busy cores than with 1 thread.
+    """
     before = torch.get_num_threads()
-    torch.set_num_threads(n or before)
+    torch.set_num_threads(n or _idle_cores())
     try:
         yield
     finally:
@@ -255,12 +265,14 @@ def _pretrain(name: str, out: Path, log: Callable[[str], None]) -> None:
         torch.manual_seed(r.seed)
         model = GPT2LMHeadModel(_gpt2_config(len(tok), tok.eos_token_id, r.n_layer, r.n_embd, r.n_head))
     with _torch_threads(r.threads):
+        threads = torch.get_num_threads()
+        log(f"training on {threads} torch thread(s)")
         _train(model, splits.train, r, log)
-        ppl = heldout_ppl(model, data.eval_batches(splits.val, 16, 8, r.block_size))
+        ppl = heldout_ppl(model, data.eval_batches(splits.val, 16, 8, r.block_size))  # the first 32k val tokens
     info = {"name": name, "steps": r.steps, "heldout_ppl": round(ppl, 2), "wall_time_s": round(time.time() - t0, 1),
             "seed": r.seed, "tokens_per_step": r.batch_size * r.block_size, "train_tokens": len(splits.train),
-            "val_tokens": len(splits.val), "parameters": model.num_parameters(), "torch_threads": torch.get_num_threads()
-            if r.threads is None else r.threads, "recipe": asdict(r)}
+            "val_tokens": len(splits.val), "parameters": model.num_parameters(), "torch_threads": threads,
+            "recipe": asdict(r)}
     log(f"teacher {name!r}: held-out ppl {ppl:.1f} after {r.steps} steps in {info['wall_time_s']} s")
     model.save_pretrained(out)  # safetensors
     tok.save_pretrained(out)
@@ -272,8 +284,16 @@ def _stderr(msg: str) -> None:
 
 
 def build_teacher(name: str = "shakespeare", force: bool = False, log: Callable[[str], None] = _stderr) -> Path:
-    """Pre-train builtin teacher `name` unless cached (or if `force`); return its cache dir teachers/NAME/."""
-    return _build_once(cache_dir() / "teachers" / name, lambda tmp: _pretrain(name, tmp, log), force=force)
+    """Pre-train builtin teacher `name` unless cached with the current recipe (or if `force`); return its dir.
+
+    The dir is cache_dir()/teachers/NAME/: model (safetensors), tokenizer, and teacher.json (steps,
+    held-out ppl, wall time, seed, recipe). Progress goes to `log`, stderr by default.
+    """
+    def ready(path: Path) -> bool:  # a teacher trained with an older recipe is rebuilt, not silently reused
+        info = path / "teacher.json"
+        return not force and info.is_file() and json.loads(info.read_text())["recipe"] == asdict(_recipe(name))
+
+    return _build_once(cache_dir() / "teachers" / name, lambda tmp: _pretrain(name, tmp, log), ready)
 
 
 def builtin_teacher(name: str, device: str | torch.device = "cpu") -> tuple[GPT2LMHeadModel, PreTrainedTokenizerFast]:
@@ -284,5 +304,5 @@ def builtin_teacher(name: str, device: str | torch.device = "cpu") -> tuple[GPT2
 
 
 def teacher_info(name: str) -> dict:
-    """The teacher.json of a built teacher: steps, held-out ppl, wall time, seed, recipe."""
+    """The teacher.json of builtin teacher `name` (built first if missing): steps, held-out ppl, wall time, seed."""
     return json.loads((build_teacher(name) / "teacher.json").read_text())

@@ -5,6 +5,7 @@ CTKD_TUNE_SLOW=1 (it then builds in a temporary cache, never the user's).
 """
 import json
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -72,6 +73,36 @@ def test_tiny_teacher_builds_once_and_learned_something(cache):
     split = data.split_tokens(data.load_tokens("builtin:tiny", tok), 0.05, 128, len(tok))
     ppl = embedded.heldout_ppl(again, data.eval_batches(split.val, 16, 8, 128))
     assert abs(ppl - info["heldout_ppl"]) < 0.05 * info["heldout_ppl"]
+
+
+def test_build_once_is_atomic_and_builds_once(tmp_path):
+    target = tmp_path / "entry"
+
+    def crash(tmp: Path) -> None:
+        (tmp / "half").write_text("x")
+        raise RuntimeError("killed mid-build")
+
+    with pytest.raises(RuntimeError):
+        embedded._build_once(target, crash)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["entry.lock"]  # no half entry, no temp dir left
+
+    calls = []
+
+    def slow_build(tmp: Path) -> None:
+        calls.append(tmp)
+        time.sleep(0.2)
+        (tmp / "ok").write_text("1")
+
+    threads = [threading.Thread(target=embedded._build_once, args=(target, slow_build)) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1 and (target / "ok").read_text() == "1"  # the waiters found it built
+
+    # a stale entry (`ready` says no) is replaced whole
+    embedded._build_once(target, lambda tmp: (tmp / "new").write_text("2"), ready=lambda p: (p / "new").exists())
+    assert sorted(p.name for p in target.iterdir()) == ["new"]
 
 
 @pytest.mark.parametrize("name", embedded.BUILTIN_NAMES)
