@@ -37,10 +37,11 @@ from ctkd_tune.io import atomic_write_json
 from ctkd_tune.results import (OPTUNA_TRIAL_KEY, build_tables, divergence_reason, summary_table, trial_outcome,
                                write_best_config, write_tables)
 
+# The default search (no --config/--preset): the Shakespeare preset at 150 steps, 8 trials, 2 at a time on 2 CPU
+# cores. One such trial alone takes ~160 s on one core (7 evaluations); ASHA stops about half of the trials at
+# step 75, so the search takes ~10 min on an idle 2-core machine once the teacher is cached. `--set` overrides.
 DEFAULT_NUM_SAMPLES = 8
-# The default search's trial budget (Shakespeare preset, no --config/--preset): 8 trials, 2 at a time on 2 CPU
-# cores, in ~10 minutes once the teacher is cached (measured; see the README). `--set` still overrides them.
-DEFAULT_BUDGET = {"train.steps": 150, "train.eval_every": 25}
+DEFAULT_BUDGET = {"train.steps": 150, "train.eval_every": 25}  # eval every 25: ASHA's rung (68) acts at step 75
 STARTUP_TRIALS = 4  # TPE samples at random until this many trials finished (the known points count)
 METRIC, MODE = "val/ppl", "min"
 
