@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 
-def bare_run(cfg, threads: int) -> float:
+def bare_run(cfg, threads: int) -> tuple[float, float]:
     import torch
 
     from ctkd_tune.distill import distill, prepare
@@ -33,12 +33,12 @@ def bare_run(cfg, threads: int) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         tic = time.perf_counter()
         setup = prepare(cfg)
-        distill(cfg, lambda metrics, saved: None, setup=setup, checkpoint_dir=Path(tmp) / "checkpoint",
-                progress=False)
-        return time.perf_counter() - tic
+        run = distill(cfg, lambda metrics, saved: None, setup=setup, checkpoint_dir=Path(tmp) / "checkpoint",
+                      progress=False)
+        return time.perf_counter() - tic, run.summary["final_val_ppl"]
 
 
-def ray_run(cfg, threads: int, root: Path, index: int) -> tuple[float, float]:
+def ray_run(cfg, threads: int, root: Path, index: int) -> tuple[float, float, float]:
     from ctkd_tune.search import run_search
 
     space = root / "one_point.yaml"
@@ -49,7 +49,7 @@ def ray_run(cfg, threads: int, root: Path, index: int) -> tuple[float, float]:
     total = time.perf_counter() - tic
     row = result.trials.iloc[0]
     assert row["status"] == "completed", row["stop_reason"]
-    return total, float(row["wall_time_s"])
+    return total, float(row["wall_time_s"]), float(row["final_val_ppl"])
 
 
 def main() -> None:
@@ -66,19 +66,24 @@ def main() -> None:
     from ctkd_tune.config import load_config
     from ctkd_tune.distill import prepare
 
-    cfg = load_config(preset=args.preset, overrides=overrides)
+    # the seeds a search fixes, so both sides run exactly the same distillation
+    cfg = load_config(preset=args.preset, overrides=["train.data_seed=0", "train.init_seed=0", *overrides])
     prepare(cfg)  # build/cached teacher, tokens: neither side pays for them
-    bare, ray_totals, inner = [bare_run(cfg, args.threads)], [], []
+    first, ppl = bare_run(cfg, args.threads)
+    bare, ray_totals, inner, ppls = [first], [], [], [ppl]
     tic = time.perf_counter()
     ray.init(num_cpus=args.threads, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     ray_init = time.perf_counter() - tic
     with tempfile.TemporaryDirectory() as tmp:
         try:
             for i in range(args.repeats):
-                total, trial = ray_run(cfg, args.threads, Path(tmp), i)
+                total, trial, ppl = ray_run(cfg, args.threads, Path(tmp), i)
                 ray_totals.append(total)
                 inner.append(trial)
-                bare.append(bare_run(cfg, args.threads))
+                ppls.append(ppl)
+                seconds, ppl = bare_run(cfg, args.threads)
+                bare.append(seconds)
+                ppls.append(ppl)
         finally:
             ray.shutdown()
     ratio = min(ray_totals) / min(bare)
@@ -87,6 +92,7 @@ def main() -> None:
     print(f"one trial under Ray (run_search, end to end): {', '.join(f'{t:.2f}' for t in ray_totals)} s"
           f"  (inside the trainable: {', '.join(f'{t:.2f}' for t in inner)} s)")
     print(f"ray.init (once per search): {ray_init:.2f} s")
+    print(f"final val/ppl of every run (same distillation on both sides): {', '.join(f'{p:.3f}' for p in ppls)}")
     print(f"median ratio ray / bare = {statistics.median(ray_totals) / statistics.median(bare):.3f}")
     print(f"ratio ray / bare = {ratio:.3f}  (overhead {100 * (ratio - 1):+.1f}%; target ≤ +5%)")
 

@@ -61,9 +61,10 @@ def cmd_search(args: argparse.Namespace) -> int:
     """Search the CTKD knobs: Ray Tune trials of full distillations, Optuna TPE, ASHA; results in results/NAME/."""
     from ctkd_tune.search import base_config, run_search  # imports Ray: only this command needs it
 
-    if args.resume and (args.config or args.preset or args.overrides):
+    given = args.config or args.preset or args.overrides  # none: the experiment's own config, or the default
+    if args.resume and given:
         raise ConfigError("--resume continues a search with its own config: drop --config/--preset/--set")
-    cfg = None if args.resume else base_config(args.config, args.preset, args.overrides)
+    cfg = base_config(args.config, args.preset, args.overrides) if given else None
     result = run_search(cfg, args.space, args.name, args.num_samples, args.max_concurrent, args.cpus_per_trial,
                         args.gpus_per_trial, args.resume, args.address, args.storage_path, args.results_dir,
                         args.seed, args.dashboard_host)

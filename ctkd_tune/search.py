@@ -133,6 +133,9 @@ def run_search(base_cfg: Config | None, space: str | None = None, name: str = "c
                verbose: int = 1) -> SearchResult:
     """Run (or extend, or resume) the search NAME; returns its tables. See the module docstring.
 
+    base_cfg None: the experiment's own base config when NAME exists (adding trials), else `base_config()`;
+    space None: likewise the experiment's space, else the default space.
+
     Tuning knobs: ASHA's grace_period (default: past the longest λ warmup, see `_grace_period`) and
     reduction_factor; the divergence criteria ppl_threshold (default: checks.ppl_at_10, the plan's ceiling at 10%
     of the run) and runaway_patience (evaluations with the temperature at a bound; 0 = off); the known points
@@ -153,7 +156,10 @@ def run_search(base_cfg: Config | None, space: str | None = None, name: str = "c
         space_fn = load_space(state["space"])  # a file-based space must be importable to unpickle the searcher
         settings = state["settings"]
     else:
-        base_cfg = _shared_seeds(base_cfg)
+        if state is not None:  # adding trials: the experiment's own base config and space unless given
+            base_cfg = base_cfg or from_dict(state["base"])
+            space = space or state["space"]
+        base_cfg = _shared_seeds(base_cfg or base_config())
         if state is not None and (state["base"] != base_cfg.to_dict() or state["space"] != (space or None)):
             raise ConfigError(f"search {name!r} was run with another base config or space; pick a new --name")
         space_fn = load_space(space)

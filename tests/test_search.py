@@ -228,8 +228,8 @@ def test_a_second_run_adds_trials_to_the_same_study(search, tmp_path):
 
     result, root = search
     shutil.copytree(result.directory, tmp_path / "s", ignore=shutil.ignore_patterns("ray"))
-    again = run_search(load_config(preset="tiny", overrides=QUICK), name="s", num_samples=2, results_root=tmp_path,
-                       grace_period=4, verbose=0)
+    # as `ctkd-tune search --name s --num-samples 2`: the experiment's own base config and space
+    again = run_search(None, name="s", num_samples=2, results_root=tmp_path, grace_period=4, verbose=0)
     study = _study(again.directory, "s")
     assert len(study.trials) == 6 and all(t.state.is_finished() for t in study.trials)
     assert all(t.params not in (RECOMMENDED, FALLBACK_C) for t in study.trials[4:])  # points are not re-enqueued
