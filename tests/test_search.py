@@ -206,7 +206,9 @@ def test_resume_after_ctrl_c_runs_no_trial_twice(ray_cluster, tmp_path):
     driver.send_signal(signal.SIGINT)  # Ctrl-C
     assert driver.wait(timeout=120) == 130
     before = pd.read_parquet(tmp_path / "r" / "trials.parquet")
-    assert "interrupted" in set(before["status"]) and len(before) == 2
+    # Ctrl-C lands while a trial runs; depending on timing the driver may already have finished one or two.
+    assert "interrupted" in set(before["status"]) and 2 <= len(before) <= 3
+    assert (before["status"] != "interrupted").any()
     finished = before[before["status"] != "interrupted"].iloc[0]
 
     result = run_search(None, name="r", resume=True, results_root=tmp_path, verbose=0)
