@@ -336,16 +336,21 @@ def _parse_assignment(text: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
-def read_yaml(path: str | Path) -> dict[str, Any]:
+def load_yaml_file(path: str | Path, what: str = "config file") -> Any:
+    """`yaml.safe_load` of a file; a missing file or malformed YAML is a ConfigError naming the file (and line)."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
+        raise ConfigError(f"{what} not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text())
+        return yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark else ""
         raise ConfigError(f"malformed YAML in {path}{where}: {getattr(err, 'problem', err)}") from None
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    data = load_yaml_file(path)
     if data is None:
         return {}
     if not isinstance(data, dict):

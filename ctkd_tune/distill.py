@@ -26,7 +26,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ctkd_tune.checkpoint import check_same_run, load_checkpoint, save_checkpoint
-from ctkd_tune.checks import check_steps, sanity_checks, temperature_runaway
+from ctkd_tune.checks import check_steps, sanity_checks
 from ctkd_tune.config import Config, ConfigError
 from ctkd_tune.ctkd import kd_loss, lambda_at
 from ctkd_tune.data import TokenData, eval_batches, get_batch, load_tokens, resolve_source, split_tokens
@@ -250,6 +250,7 @@ def summarize(cfg: Config, history: list[dict[str, Any]], status: str, wall_time
     evals = [row for row in history if "val/ppl" in row]
     best = min(evals, key=lambda row: row["val/ppl"]) if evals else None
     final = history[-1] if history else {}
+    checks = sanity_checks(history, cfg)
     return {
         "status": status,
         "steps": final.get("step", 0),
@@ -260,8 +261,8 @@ def summarize(cfg: Config, history: list[dict[str, Any]], status: str, wall_time
         "final_top1_agreement": evals[-1]["val/top1_agreement"] if evals else None,
         "final_temperature": final.get("ctkd/temperature"),
         "final_lambda": final.get("ctkd/lambda"),
-        "temperature_runaway": temperature_runaway(history, cfg),
+        "temperature_runaway": not checks["no_temperature_runaway"]["passed"],
         "wall_time_s": round(wall_time, 3),
-        "checks": sanity_checks(history, cfg),
+        "checks": checks,
         "config": cfg.to_dict(),
     }

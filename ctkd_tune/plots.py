@@ -50,6 +50,13 @@ def _status_legend(ax, statuses, best_label: str | None) -> None:
     ax.legend(handles=handles, title="trial status", fontsize=8, title_fontsize=8, loc="best")
 
 
+def _line_style(trial_id, best, colors) -> dict:
+    """The best completed trial stands out in bold crimson; the others take their colour-bar colour."""
+    if trial_id == best:
+        return dict(color="crimson", linewidth=2.5, zorder=3)
+    return dict(color=colors.get(trial_id, "grey"), linewidth=1.2, alpha=0.8)
+
+
 def trajectories(curves, trials, path: Path) -> Path | str:
     """τ and λ against the training step, one line per trial (at each evaluation the trial reported)."""
     if not len(curves) or "ctkd/temperature" not in curves:
@@ -60,8 +67,7 @@ def trajectories(curves, trials, path: Path) -> Path | str:
     best = _best_trial(trials)
     fig, (ax_t, ax_l) = plt.subplots(2, 1, figsize=(9, 7), sharex=True)
     for trial_id, c in curves.sort_values("step").groupby("trial_id", sort=False):
-        style = dict(color="crimson", linewidth=2.5, zorder=3) if trial_id == best else \
-            dict(color=colors.get(trial_id, "grey"), linewidth=1.2, alpha=0.8)
+        style = _line_style(trial_id, best, colors)
         ls = STYLE.get(status.get(trial_id), "-")
         ax_t.plot(c["step"], c["ctkd/temperature"], ls, marker=".", **style)
         if "ctkd/lambda" in c:
@@ -85,8 +91,7 @@ def ppl_curves(curves, trials, path: Path) -> Path | str:
     best = _best_trial(trials)
     fig, ax = plt.subplots(figsize=(9, 5))
     for trial_id, c in curves[curves["status"] != "diverged"].sort_values("step").groupby("trial_id", sort=False):
-        style = dict(color="crimson", linewidth=2.5, zorder=3) if trial_id == best else \
-            dict(color=colors.get(trial_id, "grey"), linewidth=1.2, alpha=0.8)
+        style = _line_style(trial_id, best, colors)
         ax.plot(c["step"], c["val/ppl"], STYLE.get(status.get(trial_id), "-"), marker=".", **style)
     ax.set(yscale="log", xlabel="training step", ylabel="val/ppl (held-out perplexity, log scale)",
            title="Held-out perplexity per search trial")

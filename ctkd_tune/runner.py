@@ -24,7 +24,7 @@ def run_distill(cfg: Config, output: str | Path, resume: bool = False, progress:
     checkpoint = output / "checkpoint"
     if resume and not (checkpoint / "state.pt").is_file():
         raise ConfigError(f"--resume: no checkpoint in {checkpoint}")
-    if not resume and (output / "summary.json").exists() or not resume and (checkpoint / "state.pt").exists():
+    if not resume and ((output / "summary.json").exists() or (checkpoint / "state.pt").exists()):
         raise ConfigError(f"{output} already holds a run: pick a new --output, or pass --resume")
     setup = prepare(cfg)  # fails on bad paths before anything is written
     output.mkdir(parents=True, exist_ok=True)

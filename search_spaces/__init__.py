@@ -30,9 +30,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 import optuna
-import yaml
 
-from ctkd_tune.config import Config, ConfigError, apply_overrides, from_dict
+from ctkd_tune.config import Config, ConfigError, apply_overrides, from_dict, load_yaml_file
 from search_spaces.default import KNOWN_POINTS
 
 __all__ = ["DEFAULT_SPACE", "YamlSpace", "SpaceInfo", "load_space", "check_space", "trial_config"]
@@ -62,12 +61,7 @@ class YamlSpace:
     @classmethod
     def from_file(cls, path: str | Path) -> "YamlSpace":
         path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"--space: no such file: {path}")
-        try:
-            data = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as err:
-            raise ConfigError(f"--space {path}: malformed YAML: {getattr(err, 'problem', err)}") from None
+        data = load_yaml_file(path, what="--space file")
         if not isinstance(data, dict) or not data:
             raise ConfigError(f"--space {path}: expected a mapping of parameter name → {{type, low, high, ...}}")
         return cls({str(name): _yaml_param(path, str(name), spec) for name, spec in data.items()}, str(path))
