@@ -67,7 +67,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     cfg = base_config(args.config, args.preset, args.overrides) if given else None
     result = run_search(cfg, args.space, args.name, args.num_samples, args.max_concurrent, args.cpus_per_trial,
                         args.gpus_per_trial, args.resume, args.address, args.storage_path, args.results_dir,
-                        args.seed, args.dashboard_host)
+                        args.seed, args.dashboard_host, sampler=args.sampler, scheduler=args.scheduler)
     return 130 if result.interrupted else 0
 
 
@@ -81,7 +81,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
     result = run_validation(args.experiment, top_k=args.top_k, seeds=args.seeds, steps=args.steps,
                             rank_by=args.rank_by, ppl_target=args.ppl_target, target_vs=args.target_vs,
-                            resume=args.resume, cpus_per_run=args.cpus_per_run, gpus_per_run=args.gpus_per_run)
+                            resume=args.resume, cpus_per_run=args.cpus_per_run, gpus_per_run=args.gpus_per_run,
+                            address=args.address)
     return 0 if result.verdict.recommended else 1
 
 
@@ -130,7 +131,10 @@ def _search_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--address", help="existing Ray cluster: auto or ray://HOST:PORT (default: start one here)")
     p.add_argument("--storage-path", help="Ray's trial storage shared by all nodes: path, NFS or s3://")
     p.add_argument("--results-dir", default="results", help="where results/NAME/ goes")
-    p.add_argument("--seed", type=int, default=0, help="seed of the TPE sampler")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampler")
+    p.add_argument("--sampler", choices=["tpe", "random"], default="tpe", help="Optuna sampler (default tpe)")
+    p.add_argument("--scheduler", choices=["asha", "none"], default="asha",
+                   help="early stopping: asha (default) or none (every trial runs to the end unless it diverges)")
     p.add_argument("--dashboard-host", default="127.0.0.1",
                    help="dashboard bind address; 0.0.0.0 exposes it (with token auth) to the network")
 
@@ -147,6 +151,8 @@ def _validate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="run only the (arm, seed) runs missing from the validation")
     p.add_argument("--cpus-per-run", type=float, default=1.0, help="CPUs per run (runs go in parallel on Ray)")
     p.add_argument("--gpus-per-run", type=float, default=0.0, help="GPUs per run (fractions allowed)")
+    p.add_argument("--address", help="existing Ray cluster: auto or ray://HOST:PORT (default: RAY_ADDRESS, else a "
+                   "local Ray); results/NAME must be on storage the workers share")
 
 
 def _export_args(p: argparse.ArgumentParser) -> None:

@@ -28,7 +28,7 @@ OPTUNA_TRIAL_KEY = "optuna_trial"
 """Key the searcher adds to each trial's config: the Optuna trial number (not a config override)."""
 CURVE_METRICS = ["val/ppl", "val/kl", "val/top1_agreement", "val/loss", "train/loss", "train/kd_loss",
                  "train/ce_loss", "train/lr", "ctkd/temperature", "ctkd/temperature_min", "ctkd/temperature_max",
-                 "ctkd/lambda", "ctkd/evals_at_bound", "wall_time_s"]
+                 "ctkd/lambda", "ctkd/evals_at_bound", "wall_time_s", "reported_at"]
 TRIAL_KEYS = ["trial_id", "optuna_trial", "optuna_state", "run", "status", "stop_reason", "final_val_ppl",
               "best_val_ppl", "best_step", "final_val_kl", "final_top1_agreement", "final_temperature", "final_lambda",
               "steps", "wall_time_s", "path", "params"]  # then the config's dotted keys
@@ -206,6 +206,31 @@ def summary_table(trials, params: list[str], limit: int = 10) -> str:
                    *short]].rename(columns={**short, "optuna_trial": "#", "final_val_ppl": "val/ppl",
                                             "best_val_ppl": "best", "final_temperature": "T"})
     return f"{len(trials)} trials: {head}\n" + shown.to_string(index=False, float_format=lambda v: f"{v:.4g}")
+
+
+def steps_to_target(trials, curves, target: float) -> tuple[int | None, int]:
+    """(training steps the search had spent when it first finished a trial with final val/ppl ≤ target, or None if
+    it never did; steps it spent in all). Frames of trials.parquet and curves.parquet.
+
+    A trial's cost is the furthest step it had reported by then (`reported_at` orders reports across concurrent
+    trials): pruned and diverged trials count what they ran, a trial running at that moment what it had reached.
+    Only completed trials can meet the target: a pruned trial's early val/ppl is not a finished configuration.
+    """
+    if not len(trials):
+        return None, 0
+    if "reported_at" not in curves:
+        raise ValueError("curves.parquet has no reported_at column (a search from before ctkd-tune recorded it)")
+    reports = curves[curves["step"].notna() & curves["reported_at"].notna()]
+    total = _steps_spent(reports)
+    hits = trials[(trials["status"] == "completed") & (trials["final_val_ppl"] <= target)]["trial_id"]
+    if not len(hits):
+        return None, total
+    found_at = reports[reports["trial_id"].isin(set(hits))].groupby("trial_id")["reported_at"].max().min()
+    return _steps_spent(reports[reports["reported_at"] <= found_at]), total
+
+
+def _steps_spent(reports) -> int:
+    return int(reports.groupby("trial_id")["step"].max().sum()) if len(reports) else 0
 
 
 def _plain(value: Any) -> Any:

@@ -28,7 +28,7 @@ from typing import Any
 import optuna
 import ray
 from ray import tune
-from ray.tune.schedulers import ASHAScheduler
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
@@ -44,6 +44,8 @@ DEFAULT_NUM_SAMPLES = 8
 DEFAULT_BUDGET = {"train.steps": 150, "train.eval_every": 25}  # eval every 25: ASHA's rung (68) acts at step 75
 STARTUP_TRIALS = 4  # TPE samples at random until this many trials finished (the known points count)
 METRIC, MODE = "val/ppl", "min"
+SAMPLERS = ("tpe", "random")
+SCHEDULERS = ("asha", "none")  # none: no early stopping (divergence still stops a trial)
 
 
 class CTKDOptunaSearch(OptunaSearch):
@@ -130,11 +132,15 @@ def run_search(base_cfg: Config | None, space: str | None = None, name: str = "c
                storage_path: str | None = None, results_root: str | Path = "results", seed: int = 0,
                dashboard_host: str = "127.0.0.1", grace_period: int | None = None, reduction_factor: float = 2,
                ppl_threshold: float | None = None, runaway_patience: int = 3, points: list[dict] | None = None,
-               verbose: int = 1) -> SearchResult:
+               sampler: str = "tpe", scheduler: str = "asha", verbose: int = 1) -> SearchResult:
     """Run (or extend, or resume) the search NAME; returns its tables. See the module docstring.
 
     base_cfg None: the experiment's own base config when NAME exists (adding trials), else `base_config()`;
     space None: likewise the experiment's space, else the default space.
+
+    sampler "tpe" (seeded TPE, random for its first STARTUP_TRIALS) or "random"; scheduler "asha" (early
+    stopping) or "none" (every trial runs to train.steps unless it diverges): the search-efficiency benchmark
+    compares TPE + ASHA with random search without early stopping.
 
     Tuning knobs: ASHA's grace_period (default: past the longest λ warmup, see `_grace_period`) and
     reduction_factor; the divergence criteria ppl_threshold (default: checks.ppl_at_10, the plan's ceiling at 10%
@@ -166,10 +172,15 @@ def run_search(base_cfg: Config | None, space: str | None = None, name: str = "c
         info = check_space(space_fn, base_cfg, space or "default", points)
         steps = base_cfg.train.steps
         grace = grace_period or _grace_period(info.max_warmup_ratio, steps)
+        if sampler not in SAMPLERS:
+            raise ConfigError(f"--sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
+        if scheduler not in SCHEDULERS:
+            raise ConfigError(f"--scheduler must be one of {', '.join(SCHEDULERS)}, got {scheduler!r}")
         settings = {"params": info.params, "points": info.points, "grace_period": grace, "max_t": steps,
                     "reduction_factor": reduction_factor, "runaway_patience": runaway_patience,
                     "ppl_threshold": ppl_threshold or base_cfg.checks.ppl_at_10, "seed": seed,
-                    "cpus_per_trial": cpus_per_trial, "gpus_per_trial": gpus_per_trial}
+                    "cpus_per_trial": cpus_per_trial, "gpus_per_trial": gpus_per_trial, "sampler": sampler,
+                    "scheduler": scheduler}
     directory.mkdir(parents=True, exist_ok=True)
     storage = optuna.storages.RDBStorage(f"sqlite:///{directory / 'optuna.db'}")  # sqlite:////ABS/optuna.db
     runs = state["runs"] if state else []
@@ -240,15 +251,23 @@ def _shared_seeds(cfg: Config) -> Config:
 
 def _tune_config(settings, storage, name, space_fn, run, run_index, max_concurrent) -> tune.TuneConfig:
     points = settings["points"] if _study_is_empty(storage, name) else []
+    seed = settings["seed"] + run_index - 1  # a run that adds trials must not replay the first run's draws
+    if settings.get("sampler", "tpe") == "random":
+        sampler = optuna.samplers.RandomSampler(seed=seed)
+    else:
+        sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=STARTUP_TRIALS)
     searcher = CTKDOptunaSearch(space=space_fn, metric=METRIC, mode=MODE, points_to_evaluate=points or None,
-                                sampler=optuna.samplers.TPESampler(seed=settings["seed"] + run_index - 1,
-                                                                   n_startup_trials=STARTUP_TRIALS),
-                                study_name=name, storage=storage, ppl_threshold=settings["ppl_threshold"],
+                                sampler=sampler, study_name=name, storage=storage,
+                                ppl_threshold=settings["ppl_threshold"],
                                 runaway_patience=settings["runaway_patience"])
     fit = _resource_limit(settings["cpus_per_trial"], settings["gpus_per_trial"])  # fails on impossible requests
     limit = max_concurrent or fit
-    scheduler = ASHAScheduler(time_attr="step", metric=METRIC, mode=MODE, max_t=settings["max_t"],
-                              grace_period=settings["grace_period"], reduction_factor=settings["reduction_factor"])
+    if settings.get("scheduler", "asha") == "asha":
+        scheduler = ASHAScheduler(time_attr="step", metric=METRIC, mode=MODE, max_t=settings["max_t"],
+                                  grace_period=settings["grace_period"],
+                                  reduction_factor=settings["reduction_factor"])
+    else:
+        scheduler = FIFOScheduler()
     return tune.TuneConfig(search_alg=ConcurrencyLimiter(searcher, max_concurrent=limit), scheduler=scheduler,
                            num_samples=run["num_samples"], reuse_actors=False, trial_name_creator=_trial_name,
                            trial_dirname_creator=_trial_name)

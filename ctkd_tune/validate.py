@@ -53,7 +53,7 @@ class ValidationResult:
 def run_validation(experiment: str | Path, *, top_k: int | None = None, seeds: int | None = None,
                    steps: int | None = None, rank_by: str | None = None, ppl_target: float | None = None,
                    target_vs: str | None = None, resume: bool = False, cpus_per_run: float = 1.0,
-                   gpus_per_run: float = 0.0) -> ValidationResult:
+                   gpus_per_run: float = 0.0, address: str | None = None) -> ValidationResult:
     """Plan (or continue) the validation of `experiment`, run what is missing on Ray, judge, write, print."""
     exp = open_experiment(experiment)
     if cpus_per_run <= 0 or gpus_per_run < 0:
@@ -83,7 +83,8 @@ def run_validation(experiment: str | Path, *, top_k: int | None = None, seeds: i
     # seed-major order: an interrupted validation leaves whole seeds, i.e. pairs comparable across arms
     todo = [(arm, seed) for seed in plan["seeds"] for arm in plan["arms"] if (arm["arm"], seed) not in done]
     if todo:
-        execute(exp.directory, plan, todo, rows, curves, cpus_per_run, gpus_per_run)  # writes the plan first
+        # writes the plan first
+        execute(exp.directory, plan, todo, rows, curves, cpus_per_run, gpus_per_run, address)
     else:
         atomic_write_json(plan_path, plan)
     return finish(exp.directory, plan)

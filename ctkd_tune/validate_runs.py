@@ -1,12 +1,12 @@
 """The Ray side of `ctkd-tune validate`: one Ray task per (arm, seed) run, rows written as runs finish.
 
-    execute(directory, plan, todo, rows, curves, cpus=1.0, gpus=0.0)   # called by validate.run_validation
+    execute(directory, plan, todo, rows, curves, cpus=1.0, gpus=0.0, address=None)  # by validate.run_validation
 
 Each task runs `distill` on the run's config and returns its verdict inputs (`verdict.run_metrics`) and a compact
 per-step curve; the first seed's task also saves the student (save_pretrained + tokenizer, written to a temporary
 folder then renamed). The driver appends a row per finished run and atomically rewrites validation.parquet and
 validation_curves.parquet, so an interruption (Ctrl-C cancels the pending tasks) loses no finished run. With a
-Ray cluster (RAY_ADDRESS), results/NAME must be on storage shared with the workers, for the students.
+Ray cluster (--address, or RAY_ADDRESS), results/NAME must be on storage shared with the workers, for the students.
 Only this module and `ctkd-tune search` import Ray, lazily.
 """
 
@@ -36,25 +36,36 @@ def run_config(arm: dict[str, Any], seed: int) -> Config:
 
 
 def execute(directory: Path, plan: dict[str, Any], todo: list, rows: list, curves: list, cpus: float,
-            gpus: float) -> None:
+            gpus: float, address: str | None = None) -> None:
     """Run `todo` as Ray tasks; after each finished run, atomically rewrite validation(_curves).parquet."""
     import ray
 
     arms = {a["arm"]: a for a in plan["arms"]}
-    started = _init_ray()
+    started = _init_ray(address)
     try:
         available = ray.cluster_resources().get("CPU", 0)
         if cpus > available:
             raise ConfigError(f"--cpus-per-run {cpus:g} exceeds the cluster's {available:g} CPUs")
         atomic_write_json(directory / VALIDATION_PLAN, plan)
         task = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=0)(_run_one)
-        pending = {}
+        # an arm whose config equals another's (the search's best is often fallback C) runs once per seed: on
+        # CPU the same config and seed give the same run, bit for bit. Its rows are copies, marked same_run_as.
+        made = {_run_key(arms[r["arm"]], r["seed"]): r for r in rows if r["arm"] in arms}
+        pending, twins, submitted, copies = {}, {}, {}, []
         for arm, seed in todo:
-            student = directory / STUDENTS / arm["arm"] if seed == plan["seeds"][0] else None
-            ref = task.remote(run_config(arm, seed).to_dict(), str(student) if student else None)
-            pending[ref] = (arm["arm"], seed)
+            key = _run_key(arm, seed)
+            if key in made:
+                copies.append((made[key], arm, seed))
+            elif key in submitted:
+                twins.setdefault(submitted[key], []).append(arm)
+            else:
+                student = directory / STUDENTS / arm["arm"] if seed == plan["seeds"][0] else None
+                ref = task.remote(run_config(arm, seed).to_dict(), str(student) if student else None)
+                pending[ref] = submitted[key] = (arm["arm"], seed)
         print(f"ctkd-tune: validating {len(todo)} runs ({len(arms)} arms × {len(plan['seeds'])} seeds, "
-              f"{len(rows)} done before)")
+              f"{len(rows)} done before, {len(todo) - len(pending)} identical to another arm's run)")
+        for source, arm, seed in copies:
+            _add_twin(directory, plan, rows, curves, source, arm, seed)
         try:
             while pending:
                 ready, _ = ray.wait(list(pending), num_returns=1)
@@ -65,11 +76,12 @@ def execute(directory: Path, plan: dict[str, Any], todo: list, rows: list, curve
                     out = {"metrics": {"status": "error", "stop_reason": _first_line(err)}, "curve": []}
                 rows.append(run_row(arms[name], seed, out["metrics"]))
                 curves += [{"arm": name, "seed": seed, **c} for c in out["curve"]]
-                atomic_write_parquet(directory / VALIDATION, _rectangular(rows))
-                atomic_write_parquet(directory / VALIDATION_CURVES, _rectangular(curves))
+                _write(directory, rows, curves)
                 m = out["metrics"]
                 ppl = f"val/ppl {m['final_val_ppl']:.2f}" if finite(m.get("final_val_ppl")) else m.get("stop_reason")
                 print(f"[{len(rows)}/{len(arms) * len(plan['seeds'])}] {name} seed {seed}: {m['status']}, {ppl}")
+                for twin in twins.get((name, seed), []):
+                    _add_twin(directory, plan, rows, curves, rows[-1], twin, seed)
         except KeyboardInterrupt:
             for ref in pending:
                 ray.cancel(ref, force=True)
@@ -77,6 +89,32 @@ def execute(directory: Path, plan: dict[str, Any], todo: list, rows: list, curve
     finally:
         if started:
             ray.shutdown()
+
+
+def _run_key(arm: dict[str, Any], seed: int) -> str:
+    return json.dumps(run_config(arm, seed).to_dict(), sort_keys=True)
+
+
+def _add_twin(directory: Path, plan: dict[str, Any], rows: list, curves: list, source: dict[str, Any],
+              arm: dict[str, Any], seed: int) -> None:
+    """Record `arm`'s run at `seed` as a copy of `source`, the row of the identical run (and its curve, student)."""
+    if source["status"] == "error":  # not a result: the twin stays missing and --resume runs both again
+        return
+    name = arm["arm"]
+    rows.append({**source, **{k: arm.get(k) for k in ("kind", "label", "order", "trial_id")}, "arm": name,
+                 "same_run_as": source.get("same_run_as") or source["arm"]})
+    curves += [{**c, "arm": name} for c in curves if (c["arm"], c["seed"]) == (source["arm"], seed)]
+    student = directory / STUDENTS / source["arm"]
+    if seed == plan["seeds"][0] and student.is_dir():
+        shutil.copytree(student, directory / STUDENTS / name, dirs_exist_ok=True)
+    _write(directory, rows, curves)
+    print(f"[{len(rows)}/{len(plan['arms']) * len(plan['seeds'])}] {name} seed {seed}: the same run as "
+          f"{rows[-1]['same_run_as']} (identical config and seed), {source['status']}")
+
+
+def _write(directory: Path, rows: list, curves: list) -> None:
+    atomic_write_parquet(directory / VALIDATION, _rectangular(rows))
+    atomic_write_parquet(directory / VALIDATION_CURVES, _rectangular(curves))
 
 
 def _run_one(config: dict[str, Any], student_dir: str | None) -> dict[str, Any]:
@@ -123,13 +161,14 @@ def finished(directory: Path, plan: dict[str, Any]) -> tuple[list, list]:
     return rows, [c for c in curves if (c["arm"], c["seed"]) in keep]
 
 
-def _init_ray() -> bool:
+def _init_ray(address: str | None) -> bool:
+    """Connect to `address` (auto, ray://HOST:PORT, or RAY_ADDRESS when None), else start a local Ray."""
     import ray
 
     if ray.is_initialized():
         return False
     env = {k: os.environ[k] for k in ("CTKD_TUNE_CACHE",) if k in os.environ}
-    ray.init(include_dashboard=False, logging_level=logging.WARNING, runtime_env={"env_vars": env})
+    ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING, runtime_env={"env_vars": env})
     return True
 
 

@@ -20,8 +20,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from ctkd_tune.config import Config, load_config
-from ctkd_tune.results import STATUSES, config_from_row, trial_outcome
+from ctkd_tune.config import Config, ConfigError, load_config
+from ctkd_tune.results import STATUSES, config_from_row, steps_to_target, trial_outcome
 from search_spaces import trial_config
 from search_spaces.default import FALLBACK_C, RECOMMENDED
 
@@ -31,7 +31,7 @@ QUICK = ["train.steps=12", "train.eval_every=4", "train.eval_batches=1", "train.
 TRIAL_COLUMNS = {"trial_id", "optuna_trial", "optuna_state", "run", "status", "stop_reason", "final_val_ppl",
                  "best_val_ppl", "best_step", "final_temperature", "final_lambda", "steps", "wall_time_s", "path"}
 CURVE_COLUMNS = {"trial_id", "optuna_trial", "step", "status", "val/ppl", "val/kl", "val/top1_agreement",
-                 "train/kd_loss", "ctkd/temperature", "ctkd/lambda"}
+                 "train/kd_loss", "ctkd/temperature", "ctkd/lambda", "reported_at"}
 OPTUNA_STATE = {"completed": "COMPLETE", "pruned": "PRUNED", "diverged": "FAIL", "error": "FAIL"}
 
 
@@ -245,6 +245,56 @@ def test_a_second_run_adds_trials_to_the_same_study(search, tmp_path):
     assert list(trials["run"]) == ["s-run1"] * 4 + ["s-run2"] * 2
     with pytest.raises(Exception, match="another base config"):
         run_search(load_config(preset="tiny"), name="s", num_samples=1, results_root=tmp_path)
+
+
+# --- the baseline of the efficiency benchmark: random search, no early stopping ----------------------------------
+
+def test_random_search_without_early_stopping_runs_every_trial_to_the_end(ray_cluster, base, tmp_path):
+    from ctkd_tune.search import run_search
+
+    # grace period 4 would prune at step 4 or 8 under ASHA (as in the `search` fixture); without a scheduler none is
+    result = run_search(base, name="rand", num_samples=3, results_root=tmp_path, grace_period=4, seed=3,
+                        sampler="random", scheduler="none", points=[], verbose=0)
+    trials, curves = result.trials, result.curves
+    assert list(trials["status"]) == ["completed"] * 3 and (trials["steps"] == base.train.steps).all()
+    settings = json.loads((result.directory / "search.json").read_text())["settings"]
+    assert (settings["sampler"], settings["scheduler"]) == ("random", "none")
+    # random sampling with seed 3 proposes what optuna's RandomSampler(3) proposes on the same space
+    from search_spaces import load_space
+
+    replay = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=3))
+    replay.optimize(lambda t: load_space(None)(t) or 0.0, n_trials=3)
+    assert [t.params for t in _study(result.directory, "rand").trials] == [t.params for t in replay.trials]
+    steps, total = steps_to_target(trials, curves, trials["final_val_ppl"].min())
+    assert total == 3 * base.train.steps and base.train.steps <= steps <= total
+    for _, curve in curves.groupby("trial_id"):
+        assert curve.sort_values("step")["reported_at"].is_monotonic_increasing
+
+
+def test_unknown_sampler_or_scheduler_is_an_error_before_ray(base, tmp_path):
+    from ctkd_tune.search import run_search
+
+    with pytest.raises(ConfigError, match="--sampler must be one of tpe, random, got 'grid'"):
+        run_search(base, name="x", results_root=tmp_path, sampler="grid")
+    with pytest.raises(ConfigError, match="--scheduler must be one of asha, none"):
+        run_search(base, name="x", results_root=tmp_path, scheduler="hyperband")
+    assert not (tmp_path / "x" / "search.json").exists()
+
+
+def test_steps_to_target_counts_what_every_trial_had_run_by_then():
+    # a and b run at once; b is pruned at step 50 (its truncated value looked best); c starts after b; a
+    # finishes first, c beats it later
+    trials = pd.DataFrame({"trial_id": ["a", "b", "c"], "status": ["completed", "pruned", "completed"],
+                           "final_val_ppl": [110.0, 95.0, 100.0]})
+    curves = pd.DataFrame({"trial_id": ["a", "b", "a", "c", "a", "c", "c"], "step": [25, 25, 50, 25, 100, 50, 100],
+                           "reported_at": [1.0, 1.1, 2.0, 2.5, 4.0, 5.0, 7.0]})
+    curves = pd.concat([curves, pd.DataFrame({"trial_id": ["b"], "step": [50], "reported_at": [2.1]})])
+    assert steps_to_target(trials, curves, 112.0) == (100 + 50 + 25, 250)  # a done at t=4: c had reached 25
+    assert steps_to_target(trials, curves, 101.0) == (250, 250)
+    assert steps_to_target(trials, curves, 98.0) == (None, 250)  # b's 95 is pruned, not a finished config
+    assert steps_to_target(trials.iloc[:0], curves.iloc[:0], 1e9) == (None, 0)
+    with pytest.raises(ValueError, match="reported_at"):
+        steps_to_target(trials, curves.drop(columns="reported_at"), 112.0)
 
 
 def test_default_search_budget_applies_only_without_a_config_or_preset():

@@ -272,3 +272,30 @@ def test_validate_help_lists_the_flags(capsys):
     for flag in ("--experiment", "--top-k", "--seeds", "--ppl-target", "--target-vs", "--resume", "--cpus-per-run",
                  "--steps"):
         assert flag in out
+
+
+def test_an_arm_identical_to_another_runs_once(tmp_path, ray_cluster, capsys):
+    """The search's best trial is fallback C's config (a known point): its runs are made once and copied."""
+    from search_spaces.default import FALLBACK_C
+
+    knobs = [(FALLBACK_C, "completed", 240.0), *KNOBS[:1]]
+    exp = fabricate_experiment(tmp_path / "twin", knobs=knobs, with_study=False)
+    assert main(["validate", "--experiment", str(exp), "--top-k", "1", "--seeds", "1", "--steps", str(STEPS)]) in (0, 1)
+    assert "validating 5 runs (5 arms × 1 seeds, 0 done before, 1 identical to another arm's run)" in \
+        capsys.readouterr().out
+    runs = pd.read_parquet(exp / "validation.parquet").set_index("arm")
+    assert runs.loc["fallback_C", "same_run_as"] == "trial-0" and runs["same_run_as"].notna().sum() == 1
+    metrics = ["final_val_ppl", "best_val_ppl", "wall_time_s", "tau_mid", "status"]  # wall time: not run twice
+    assert runs.loc["fallback_C", metrics].tolist() == runs.loc["trial-0", metrics].tolist()
+    assert runs.loc["fallback_C", "kind"] == "fallback" and runs.loc["trial-0", "kind"] == "search"
+    assert (exp / "validation" / "students" / "fallback_C" / "config.json").is_file()
+    curves = pd.read_parquet(exp / "validation_curves.parquet")
+    assert len(curves[curves["arm"] == "fallback_C"]) == STEPS
+    # resume after losing the copy: copied again from the kept row, nothing runs
+    from ctkd_tune.io import atomic_write_parquet
+
+    atomic_write_parquet(exp / "validation.parquet", runs[runs.index != "fallback_C"].reset_index())
+    assert main(["validate", "--experiment", str(exp), "--resume"]) in (0, 1)
+    assert "validating 1 runs (5 arms × 1 seeds, 4 done before, 1 identical" in capsys.readouterr().out
+    again = pd.read_parquet(exp / "validation.parquet").set_index("arm")
+    assert again.loc["fallback_C", "wall_time_s"] == runs.loc["trial-0", "wall_time_s"]

@@ -6,9 +6,9 @@ Per trial: the base config (nested dict) with the searcher's dotted-key suggesti
 `tune.get_checkpoint()` when Ray retries or restores the trial; forward every evaluation to `tune.report` with the
 checkpoint `distill` just wrote; torch threads = the trial's CPUs; CUDA only when Ray assigned a GPU. Every report
 carries val/ppl (the searcher's and scheduler's metric), the loop's metrics, `step` (ASHA's time axis), `status`,
-`stop_reason` and the searched params. A diverged run ends with one last finite report (status "diverged", the
-reason, val/ppl = vocabulary size, the perplexity of a uniform guess): NaN never reaches Ray or Optuna. A config
-error raises (the trial ends in ERROR).
+`stop_reason`, `reported_at` (the worker's unix time: the search's timeline) and the searched params. A diverged
+run ends with one last finite report (status "diverged", the reason, val/ppl = vocabulary size, the perplexity of
+a uniform guess): NaN never reaches Ray or Optuna. A config error raises (the trial ends in ERROR).
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ def train_ctkd(params: dict[str, Any], base: dict[str, Any]) -> None:
             done = metrics["step"] == cfg.train.steps
             row.update({"step": metrics["step"], "ctkd/evals_at_bound": runaway.update(metrics),
                         "status": "completed" if done else "running", "stop_reason": "",
-                        "wall_time_s": before + time.perf_counter() - started, **params})
+                        "wall_time_s": before + time.perf_counter() - started, "reported_at": time.time(), **params})
             tune.report(row, checkpoint=tune.Checkpoint.from_directory(str(saved)) if saved else None)
 
         run = distill(cfg, report, setup=setup, checkpoint_dir=work / "checkpoint", resume=resume, progress=False)
@@ -84,7 +84,7 @@ def train_ctkd(params: dict[str, Any], base: dict[str, Any]) -> None:
                          **{k: last[k] for k in ("ctkd/temperature", "ctkd/lambda") if _finite(last.get(k))},
                          "step": min(summary["steps"] + 1, cfg.train.steps), "ctkd/evals_at_bound": runaway.count,
                          "status": "diverged", "stop_reason": summary["status"],
-                         "wall_time_s": before + time.perf_counter() - started, **params})
+                         "wall_time_s": before + time.perf_counter() - started, "reported_at": time.time(), **params})
     finally:
         del setup, run
         gc.collect()
