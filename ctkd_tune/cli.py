@@ -59,6 +59,9 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 def cmd_search(args: argparse.Namespace) -> int:
     """Search the CTKD knobs: Ray Tune trials of full distillations, Optuna TPE, ASHA; results in results/NAME/."""
+    from ctkd_tune.raycluster import client_auth_from_env
+
+    client_auth_from_env(args.address)  # before Ray is imported: a ray:// client must know to send its token
     from ctkd_tune.search import base_config, run_search  # imports Ray: only this command needs it
 
     given = args.config or args.preset or args.overrides  # none: the experiment's own config, or the default
@@ -77,6 +80,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
     Writes results/NAME/validation.parquet (one row per run) and validation.md (table and verdict). Exit code 0
     when an arm is recommended, 1 when none passes.
     """
+    from ctkd_tune.raycluster import client_auth_from_env
+
+    client_auth_from_env(args.address)
     from ctkd_tune.validate import run_validation  # imports Ray: only this command (and search) needs it
 
     result = run_validation(args.experiment, top_k=args.top_k, seeds=args.seeds, steps=args.steps,

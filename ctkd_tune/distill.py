@@ -101,14 +101,30 @@ def student_optimizer(student: nn.Module, align: nn.Module | None, cfg: Config) 
     return torch.optim.AdamW(groups, lr=cfg.train.lr, betas=(0.9, 0.95))
 
 
+class HeldOut:
+    """The held-out batches and, once computed, the teacher's logits on them (kept when they fit in `cache_mb`)."""
+
+    def __init__(self, batches: list[tuple[torch.Tensor, torch.Tensor]], cache_mb: float):
+        self.batches, self.cache_mb = batches, cache_mb
+        self.teacher_logits: list[torch.Tensor | None] = [None] * len(batches)
+
+    def teacher(self, teacher: Teacher, i: int) -> torch.Tensor:
+        logits = self.teacher_logits[i]
+        if logits is None:
+            logits = teacher(self.batches[i][0]).logits  # (B, T, V)
+            if logits.numel() * logits.element_size() * len(self.batches) <= self.cache_mb * 2**20:
+                self.teacher_logits[i] = logits
+        return logits
+
+
 @torch.no_grad()
-def evaluate(student: nn.Module, teacher: Teacher, batches, chunk_size: int, autocast) -> dict[str, float]:
+def evaluate(student: nn.Module, teacher: Teacher, held_out: HeldOut, chunk_size: int, autocast) -> dict[str, float]:
     """Held-out student perplexity, KL to the teacher at T = 1, and top-1 agreement with the teacher."""
     student.eval()
     ce_sum = kl_sum = agree = count = 0.0
-    for x, y in batches:
+    for i, (x, y) in enumerate(held_out.batches):
         with autocast():
-            teacher_logits = teacher(x).logits  # (B, T, V)
+            teacher_logits = held_out.teacher(teacher, i)  # (B, T, V)
             student_logits = student(x).logits  # (B, T, V)
         n = y.numel()
         ce_sum += F.cross_entropy(student_logits.flatten(0, 1).float(), y.flatten(), reduction="sum").item()
@@ -146,8 +162,8 @@ def distill(cfg: Config, report: Report = print_report, *, setup: Setup | None =
         align = nn.Linear(student.config.hidden_size, teacher.model.config.hidden_size, bias=False).to(device)
     optimizer = student_optimizer(student, align, cfg)
     temp_optimizer = temperature.optimizer()
-    held_out = [(x.to(device), y.to(device)) for x, y in
-                eval_batches(data.val, t.eval_batches, t.batch_size, cfg.data.block_size)]
+    held_out = HeldOut([(x.to(device), y.to(device)) for x, y in
+                        eval_batches(data.val, t.eval_batches, t.batch_size, cfg.data.block_size)], t.eval_cache_mb)
     eval_at = evaluation_steps(cfg)
     clip = t.grad_clip if t.grad_clip > 0 else float("inf")
 

@@ -17,7 +17,6 @@ best_config.yaml and the Ray experiment dirs (ray/NAME-runK/).
 from __future__ import annotations
 
 import json
-import logging
 import math
 import os
 import warnings
@@ -152,6 +151,10 @@ def run_search(base_cfg: Config | None, space: str | None = None, name: str = "c
 
     if not name or "/" in name or name.startswith("."):
         raise ConfigError(f"--name must be a plain folder name, got {name!r}")
+    if max_concurrent is not None and max_concurrent < 1:
+        raise ConfigError(f"--max-concurrent must be >= 1, got {max_concurrent}")
+    if num_samples is not None and num_samples < 1:
+        raise ConfigError(f"--num-samples must be >= 1, got {num_samples}")
     directory = Path(results_root).resolve() / name
     state_file = directory / "search.json"
     state = _read_state(state_file) if state_file.is_file() else None
@@ -181,24 +184,26 @@ def run_search(base_cfg: Config | None, space: str | None = None, name: str = "c
                     "ppl_threshold": ppl_threshold or base_cfg.checks.ppl_at_10, "seed": seed,
                     "cpus_per_trial": cpus_per_trial, "gpus_per_trial": gpus_per_trial, "sampler": sampler,
                     "scheduler": scheduler}
-    directory.mkdir(parents=True, exist_ok=True)
-    storage = optuna.storages.RDBStorage(f"sqlite:///{directory / 'optuna.db'}")  # sqlite:////ABS/optuna.db
-    runs = state["runs"] if state else []
-    if not resume:
-        _check_no_unfinished_trials(storage, name)
-        _prepare_shared(base_cfg)  # teacher and token cache built once, before trials could race for them
-        runs = runs + [{"name": f"{name}-run{len(runs) + 1}", "storage_path": _storage(storage_path, directory),
-                        "num_samples": num_samples or DEFAULT_NUM_SAMPLES}]
-        atomic_write_json(state_file, {"name": name, "base": base_cfg.to_dict(), "space": space or None,
-                                       "settings": settings, "runs": runs})
-    run = runs[-1]
     os.environ["RAY_CHDIR_TO_TRIAL_DIR"] = "0"
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the classic table, with our parameter columns
     # num_to_keep forces an experiment snapshot every 2 checkpoints (so a resume never points at a deleted one);
     # that is intended here, not a bottleneck worth a warning per snapshot
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    started = _init_ray(address, dashboard_host)
+    started = _init_ray(address, dashboard_host)  # an unreachable cluster fails here, before anything is written
     try:
+        fit = _resource_limit(settings["cpus_per_trial"], settings["gpus_per_trial"])  # fails on impossible requests
+        limit = max_concurrent or fit
+        directory.mkdir(parents=True, exist_ok=True)
+        storage = optuna.storages.RDBStorage(f"sqlite:///{directory / 'optuna.db'}")  # sqlite:////ABS/optuna.db
+        runs = state["runs"] if state else []
+        if not resume:
+            _check_no_unfinished_trials(storage, name)
+            _prepare_shared(base_cfg)  # teacher and token cache built once, before trials could race for them
+            runs = runs + [{"name": f"{name}-run{len(runs) + 1}", "storage_path": _storage(storage_path, directory),
+                            "num_samples": num_samples or DEFAULT_NUM_SAMPLES}]
+            atomic_write_json(state_file, {"name": name, "base": base_cfg.to_dict(), "space": space or None,
+                                           "settings": settings, "runs": runs})
+        run = runs[-1]
         trainable = tune.with_resources(tune.with_parameters(_trainable(), base=base_cfg.to_dict()),
                                         {"cpu": settings["cpus_per_trial"], "gpu": settings["gpus_per_trial"]})
         experiment = f"{run['storage_path'].rstrip('/')}/{run['name']}"
@@ -210,7 +215,7 @@ def run_search(base_cfg: Config | None, space: str | None = None, name: str = "c
             tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True, resume_errored=False)
         else:
             tuner = tune.Tuner(trainable, tune_config=_tune_config(settings, storage, name, space_fn, run, len(runs),
-                                                                  max_concurrent),
+                                                                  limit),
                                run_config=_run_config(settings, run, verbose))
         grid = tuner.fit()
     finally:
@@ -249,7 +254,7 @@ def _shared_seeds(cfg: Config) -> Config:
     return from_dict(data)
 
 
-def _tune_config(settings, storage, name, space_fn, run, run_index, max_concurrent) -> tune.TuneConfig:
+def _tune_config(settings, storage, name, space_fn, run, run_index, limit) -> tune.TuneConfig:
     points = settings["points"] if _study_is_empty(storage, name) else []
     seed = settings["seed"] + run_index - 1  # a run that adds trials must not replay the first run's draws
     if settings.get("sampler", "tpe") == "random":
@@ -260,8 +265,6 @@ def _tune_config(settings, storage, name, space_fn, run, run_index, max_concurre
                                 sampler=sampler, study_name=name, storage=storage,
                                 ppl_threshold=settings["ppl_threshold"],
                                 runaway_patience=settings["runaway_patience"])
-    fit = _resource_limit(settings["cpus_per_trial"], settings["gpus_per_trial"])  # fails on impossible requests
-    limit = max_concurrent or fit
     if settings.get("scheduler", "asha") == "asha":
         scheduler = ASHAScheduler(time_attr="step", metric=METRIC, mode=MODE, max_t=settings["max_t"],
                                   grace_period=settings["grace_period"],
@@ -367,21 +370,19 @@ def _resource_limit(cpus_per_trial: float, gpus_per_trial: float) -> int:
 
 def _init_ray(address: str | None, dashboard_host: str) -> bool:
     """Connect to `address`, or start a local Ray with the dashboard on `dashboard_host`; True if we started it."""
-    if ray.is_initialized():
+    from ctkd_tune.raycluster import connect
+
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address and address.startswith("ray://"):  # Tune then runs the search loop (and Optuna's sqlite) remotely
+        print("ctkd-tune: note: with ray:// the searcher runs on the head node: give a --results-dir on storage "
+              "it shares with this machine (or run `ctkd-tune search --address auto` on the head node)")
+    if not address and dashboard_host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"ctkd-tune: WARNING: the Ray dashboard will listen on {dashboard_host}: whoever reaches it with "
+              "the token can run code here (Jobs API, CVE-2023-48022). Prefer 127.0.0.1 and an SSH tunnel.")
+    # A new local Ray turns token auth on (unless RAY_AUTH_MODE says otherwise): we never switch it off.
+    started, context = connect(address, include_dashboard=True, dashboard_host=dashboard_host)
+    if not started:
         return False
-    env = {k: os.environ[k] for k in ("CTKD_TUNE_CACHE", "RAY_CHDIR_TO_TRIAL_DIR") if k in os.environ}
-    if address:
-        if address.startswith("ray://"):  # Tune then runs the search loop (and Optuna's sqlite) on the head node
-            print("ctkd-tune: note: with ray:// the searcher runs on the head node: give a --results-dir on storage "
-                  "it shares with this machine (or run `ctkd-tune search --address auto` on the head node)")
-        context = ray.init(address=address, runtime_env={"env_vars": env}, logging_level=logging.WARNING)
-    else:
-        if dashboard_host not in ("127.0.0.1", "localhost", "::1"):
-            print(f"ctkd-tune: WARNING: the Ray dashboard will listen on {dashboard_host}: whoever reaches it with "
-                  "the token can run code here (Jobs API, CVE-2023-48022). Prefer 127.0.0.1 and an SSH tunnel.")
-        # A new local Ray turns token auth on (unless RAY_AUTH_MODE says otherwise): we never switch it off.
-        context = ray.init(include_dashboard=True, dashboard_host=dashboard_host, logging_level=logging.WARNING,
-                           runtime_env={"env_vars": env})
     url = getattr(context, "dashboard_url", None)
     if url:
         print(f"ctkd-tune: Ray dashboard: http://{url}")

@@ -13,7 +13,6 @@ Only this module and `ctkd-tune search` import Ray, lazily.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import shutil
 import tempfile
@@ -163,13 +162,9 @@ def finished(directory: Path, plan: dict[str, Any]) -> tuple[list, list]:
 
 def _init_ray(address: str | None) -> bool:
     """Connect to `address` (auto, ray://HOST:PORT, or RAY_ADDRESS when None), else start a local Ray."""
-    import ray
+    from ctkd_tune.raycluster import connect
 
-    if ray.is_initialized():
-        return False
-    env = {k: os.environ[k] for k in ("CTKD_TUNE_CACHE",) if k in os.environ}
-    ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING, runtime_env={"env_vars": env})
-    return True
+    return connect(address, include_dashboard=False)[0]
 
 
 def _rectangular(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

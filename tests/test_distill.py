@@ -72,6 +72,33 @@ def test_resume_ends_exactly_like_an_uninterrupted_run(tmp_path):
         assert torch.equal(p, q), name
 
 
+def test_teacher_logits_on_held_out_data_are_computed_once_and_change_nothing():
+    class CountingTeacher:  # the real teacher, counting its forward passes on held-out batches (batch 0 is one)
+        def __init__(self, teacher, held_out_first):
+            self.teacher, self.first, self.calls = teacher, held_out_first, 0
+
+        def __call__(self, x):
+            self.calls += int(torch.equal(x, self.first))
+            return self.teacher(x)
+
+    from ctkd_tune.data import eval_batches
+
+    runs = {}
+    for cache_mb in (0, 1024):
+        cfg = tiny("train.steps=30", "train.eval_every=5", f"train.eval_cache_mb={cache_mb}")
+        setup = prepare(cfg)
+        first = next(iter(eval_batches(setup.data.val, cfg.train.eval_batches, cfg.train.batch_size,
+                                       cfg.data.block_size)))[0]
+        setup.teacher = CountingTeacher(setup.teacher, first)
+        runs[cache_mb] = (distill(cfg, setup=setup, **QUIET).history, setup.teacher.calls)
+    (plain, plain_calls), (cached, cached_calls) = runs[0], runs[1024]
+    assert plain_calls == len([r for r in plain if "val/ppl" in r]) >= 6 and cached_calls == 1
+    strip = lambda h: [{k: v for k, v in r.items() if k != "train/tokens_per_s"} for r in h]  # noqa: E731
+    assert strip(plain) == strip(cached)  # identical metrics, evaluations included
+    with pytest.raises(Exception, match="train.eval_cache_mb must be >= 0"):
+        tiny("train.eval_cache_mb=-1")
+
+
 def test_a_non_finite_loss_stops_with_a_status_not_a_crash():
     result = distill(tiny("train.steps=30", "train.lr=1e4", "train.grad_clip=0"), **QUIET)
     assert result.summary["status"].startswith("diverged at step")

@@ -304,3 +304,43 @@ def test_default_search_budget_applies_only_without_a_config_or_preset():
     assert cfg.model.teacher == "builtin:shakespeare" and cfg.train.steps == DEFAULT_BUDGET["train.steps"]
     assert base_config(overrides=["train.steps=7"]).train.steps == 7
     assert base_config(preset="shakespeare") == load_config(preset="shakespeare")  # a preset: exactly as distill
+
+
+# --- connecting to a cluster ----------------------------------------------------------------------------------------
+
+def test_an_unreachable_cluster_is_a_one_line_error_and_writes_nothing(monkeypatch, tmp_path, capsys):
+    from ctkd_tune.cli import main
+
+    def refuse(*args, **kwargs):  # what ray.init raises after its client times out
+        raise ConnectionError("ray client connection timeout\nmore detail")
+
+    monkeypatch.setattr(ray, "init", refuse)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+    code = main(["search", "--preset", "tiny", "--address", "ray://head:10001", "--results-dir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert err.startswith("ctkd-tune: error: --address ray://head:10001: cannot connect to Ray (ConnectionError: "
+                          "ray client connection timeout); if the cluster uses token auth")
+    assert list(tmp_path.iterdir()) == []
+    assert main(["validate", "--experiment", str(tmp_path), "--address", "auto"]) == 2  # no experiment: first
+    assert "no trials.parquet" in capsys.readouterr().err
+
+
+def test_a_ray_client_sends_its_token_when_one_is_at_hand(monkeypatch, tmp_path):
+    from ctkd_tune.raycluster import client_auth_from_env
+
+    monkeypatch.delitem(sys.modules, "ray")  # as in the CLI, before Ray is imported
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+    monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(tmp_path / "no-token"))
+    client_auth_from_env("ray://head:10001")
+    assert "RAY_AUTH_MODE" not in os.environ  # no token: nothing to send
+    (tmp_path / "no-token").write_text("secret")
+    client_auth_from_env("auto")
+    assert "RAY_AUTH_MODE" not in os.environ  # only ray:// clients need it
+    client_auth_from_env("ray://head:10001")
+    assert os.environ["RAY_AUTH_MODE"] == "token"
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # the user's own choice is kept
+    client_auth_from_env("ray://head:10001")
+    assert os.environ["RAY_AUTH_MODE"] == "disabled"
