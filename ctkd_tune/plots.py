@@ -102,6 +102,34 @@ def ppl_curves(curves, trials, path: Path) -> Path | str:
     return _save(fig, path)
 
 
+def search_progress(trials, curves, path: Path) -> Path | str:
+    """Best completed val/ppl so far against the training steps the whole search had spent (all trials)."""
+    from ctkd_tune.results import search_progress as progress_table
+
+    if not len(curves) or "reported_at" not in curves:
+        return "curves.parquet has no report times (a search from an older ctkd-tune): no progress plot"
+    progress = progress_table(trials, curves)
+    if progress["best_so_far"].isna().all():
+        return "no trial completed: no progress plot"
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    best = progress[progress["best_so_far"].notna()]
+    ax.step(best["steps_spent"], best["best_so_far"], where="post", color="crimson", linewidth=2,
+            label="best completed val/ppl so far")
+    marks = {"completed": ("o", "tab:blue"), "pruned": ("x", "grey"), "diverged": ("v", "black")}
+    for status, (marker, color) in marks.items():
+        rows = progress[(progress["status"] == status) & progress["final_val_ppl"].notna()]
+        if len(rows):
+            label = "pruned (val/ppl when stopped)" if status == "pruned" else status
+            ax.scatter(rows["steps_spent"], rows["final_val_ppl"], marker=marker, color=color, label=label, zorder=3)
+    ax.set(yscale="log", xlabel="training steps spent by the search (all trials, in the order they ended)",
+           ylabel="val/ppl (log scale)", title="Search progress")
+    _plain_log_ticks(ax)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8, loc="best")
+    return _save(fig, path)
+
+
 def knobs(trials, params: list[str], path: Path) -> Path | str:
     """Final val/ppl against each searched knob: scatter for numbers, jittered strips for categories."""
     import numpy as np

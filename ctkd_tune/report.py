@@ -49,6 +49,9 @@ def build_report(experiment: str | Path) -> Path:
                        "Temperature τ and λ of every trial at its evaluations (red: best completed trial)."),
                _figure(plots.ppl_curves(curves, trials, out / "val_ppl.png"),
                        "Held-out perplexity of every trial; dashed lines were stopped early by ASHA."),
+               _figure(plots.search_progress(trials, curves, out / "progress.png"),
+                       "Best completed val/ppl against the training steps the search had spent; a flat tail "
+                       "means more trials of this space are unlikely to help."),
                _figure(plots.knobs(_chosen(trials, params), params, out / "knobs.png"),
                        "Final val/ppl against each searched knob; crosses are trials stopped early (not final)."),
                _importance_block(exp, out / "importance.png"),

@@ -130,8 +130,8 @@ def test_report_writes_readable_plots_markdown_and_html(experiment):
     add_validation(experiment, PASSING)
     md_path = build_report(experiment)
     pngs = sorted(p.name for p in (experiment / "report").glob("*.png"))
-    assert pngs == ["importance.png", "knobs.png", "temperature_lambda.png", "val_ppl.png", "validation.png",
-                    "validation_temperature.png"]
+    assert pngs == ["importance.png", "knobs.png", "progress.png", "temperature_lambda.png", "val_ppl.png",
+                    "validation.png", "validation_temperature.png"]
     for name in pngs:
         data = (experiment / "report" / name).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000, name
@@ -143,9 +143,10 @@ def test_report_writes_readable_plots_markdown_and_html(experiment):
 
 
 def test_report_skips_importance_with_fewer_than_two_complete_trials(tmp_path):
-    exp = fabricate_experiment(tmp_path / "one", knobs=[KNOBS[0], KNOBS[3]])
+    exp = fabricate_experiment(tmp_path / "one", knobs=[KNOBS[0], KNOBS[3]], report_times=False)
     md = build_report(exp).read_text()
     assert "Hyperparameter importance skipped: 1 COMPLETE trial(s)" in md
+    assert "no report times (a search from an older ctkd-tune): no progress plot" in md
     assert "No validation yet" in md and not (exp / "report" / "importance.png").exists()
     assert (exp / "report" / "knobs.png").stat().st_size > 0
 

@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from ctkd_tune.config import Config, ConfigError, load_config
-from ctkd_tune.results import STATUSES, config_from_row, steps_to_target, trial_outcome
+from ctkd_tune.results import STATUSES, config_from_row, search_progress, steps_to_target, trial_outcome
 from search_spaces import trial_config
 from search_spaces.default import FALLBACK_C, RECOMMENDED
 
@@ -293,6 +293,9 @@ def test_steps_to_target_counts_what_every_trial_had_run_by_then():
     assert steps_to_target(trials, curves, 101.0) == (250, 250)
     assert steps_to_target(trials, curves, 98.0) == (None, 250)  # b's 95 is pruned, not a finished config
     assert steps_to_target(trials.iloc[:0], curves.iloc[:0], 1e9) == (None, 0)
+    progress = search_progress(trials, curves)  # one row per trial, in the order they ended
+    assert progress["trial_id"].tolist() == ["b", "a", "c"] and progress["steps_spent"].tolist() == [100, 175, 250]
+    assert progress["best_so_far"].tolist()[1:] == [110.0, 100.0] and pd.isna(progress["best_so_far"].iloc[0])
     with pytest.raises(ValueError, match="reported_at"):
         steps_to_target(trials, curves.drop(columns="reported_at"), 112.0)
 

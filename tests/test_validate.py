@@ -24,7 +24,7 @@ KNOBS = [  # searched knobs of the fabricated trials: (params, status, final val
 ]
 
 
-def fabricate_experiment(directory, knobs=KNOBS, steps=STEPS, with_study=True):
+def fabricate_experiment(directory, knobs=KNOBS, steps=STEPS, with_study=True, report_times=True):
     """results/NAME/ as `ctkd-tune search` writes it: trials.parquet, curves.parquet, search.json, optuna.db."""
     from ctkd_tune.results import write_tables
 
@@ -46,7 +46,8 @@ def fabricate_experiment(directory, knobs=KNOBS, steps=STEPS, with_study=True):
         for step in range(2, last + 1, 4):
             curves.append({"trial_id": trial_id, "optuna_trial": number, "step": step,
                            "status": status if step == last else "running", "val/ppl": ppl * (1 + 2 / step),
-                           "ctkd/temperature": 2.0 + 0.01 * number * step, "ctkd/lambda": min(1.0, step / last)})
+                           "ctkd/temperature": 2.0 + 0.01 * number * step, "ctkd/lambda": min(1.0, step / last),
+                           **({"reported_at": 1e9 + 100 * number + step} if report_times else {})})
     write_tables(directory, trials, curves)
     (directory / "search.json").write_text(json.dumps({"name": directory.name, "base": base.to_dict(), "space": None,
                                                        "settings": {"params": sorted(KNOBS[0][0])}, "runs": []}))
