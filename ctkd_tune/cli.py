@@ -134,7 +134,8 @@ def _search_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs per trial (fractions allowed)")
     p.add_argument("--gpus-per-trial", type=float, default=0.0, help="GPUs per trial (fractions allowed)")
     p.add_argument("--resume", action="store_true", help="continue the interrupted search --name")
-    p.add_argument("--address", help="existing Ray cluster: auto or ray://HOST:PORT (default: start one here)")
+    p.add_argument("--address",
+                   help="existing Ray cluster: auto or ray://HOST:PORT (default: RAY_ADDRESS, else start one here)")
     p.add_argument("--storage-path", help="Ray's trial storage shared by all nodes: path, NFS or s3://")
     p.add_argument("--results-dir", default="results", help="where results/NAME/ goes")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampler")

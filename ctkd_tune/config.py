@@ -182,7 +182,8 @@ class Config:
 
     def flat(self) -> dict[str, Any]:
         """Dotted keys → values, e.g. {"temperature.tau_min": 1.0, ...}."""
-        return {f"{section}.{key}": value for section, fields in self.to_dict().items() for key, value in fields.items()}
+        return {f"{section}.{key}": value
+                for section, fields in self.to_dict().items() for key, value in fields.items()}
 
 
 # Presets are overrides of the defaults, in the same dotted keys as `--set`.

@@ -38,7 +38,8 @@ def resolve_source(source: str | list[str]) -> list[str | Path]:
         item = str(item)
         if item.startswith("builtin:"):
             if item.removeprefix("builtin:") not in BUILTIN_NAMES:
-                raise ValueError(f"unknown builtin source {item!r}; expected builtin:{' or builtin:'.join(BUILTIN_NAMES)}")
+                raise ValueError(f"unknown builtin source {item!r}; "
+                                 f"expected builtin:{' or builtin:'.join(BUILTIN_NAMES)}")
             entries.append(item)
             continue
         path = Path(item).expanduser().resolve()

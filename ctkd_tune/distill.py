@@ -183,8 +183,8 @@ def distill(cfg: Config, report: Report = print_report, *, setup: Setup | None =
 
     status, started = "completed", time.perf_counter()
     student.train()
-    bar = tqdm(range(start, n_steps + 1), initial=start - 1, total=n_steps, disable=not (progress and sys.stderr.isatty()),
-               dynamic_ncols=True, leave=False)
+    bar = tqdm(range(start, n_steps + 1), initial=start - 1, total=n_steps, dynamic_ncols=True, leave=False,
+               disable=not (progress and sys.stderr.isatty()))
     for step in bar:
         i = step - 1  # 0-based position in every schedule
         tic = time.perf_counter()

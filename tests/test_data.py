@@ -48,7 +48,8 @@ def test_text_sources_agree(tok, tmp_path):
     parquet = tmp_path / "docs.parquet"
     pd.DataFrame({"body": docs}).to_parquet(parquet)
 
-    expected = torch.tensor(tok(docs[0])["input_ids"] + [tok.eos_token_id] + tok(docs[1])["input_ids"] + [tok.eos_token_id])
+    eos = [tok.eos_token_id]
+    expected = torch.tensor(tok(docs[0])["input_ids"] + eos + tok(docs[1])["input_ids"] + eos)
     from_txt = data.load_tokens([str(tmp_path / "a.txt"), str(tmp_path / "b.txt")], tok)
     assert torch.equal(from_txt, expected)
     assert torch.equal(data.load_tokens(str(jsonl), tok, text_column="body"), expected)
