@@ -299,6 +299,9 @@ def _write_results(directory, grid, base_cfg, settings, storage, name, run_name)
     print(f"results: {directory}/trials.parquet, curves.parquet" + (f", {best.name}" if best else ""))
     if interrupted:
         print(f"ctkd-tune: search interrupted; continue it with: ctkd-tune search --name {name} --resume")
+    elif best:
+        print(f"next: ctkd-tune validate --experiment {directory}   (the best trials × fresh seeds next to the "
+              "fallbacks), then ctkd-tune report / export")
     return SearchResult(directory, trials, curves, best, interrupted)
 
 
