@@ -19,7 +19,8 @@ from ctkd_tune.io import atomic_torch_save
 STATE_FILE = "state.pt"
 
 # Fields that may change between an interrupted run and its resumption without changing its results.
-RESUMABLE_CHANGES = {"train.device", "train.threads", "train.checkpoint_every", "train.eval_cache_mb"}
+RESUMABLE_CHANGES = {"train.device", "train.threads", "train.checkpoint_every", "train.eval_cache_mb",
+                     "train.teacher_cache_mb"}
 
 
 def save_checkpoint(directory: str | Path, state: dict[str, Any]) -> Path:

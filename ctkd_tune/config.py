@@ -91,6 +91,9 @@ class TrainConfig:
     """Evaluate on held-out data every this many steps (and at 10%, 33% and 100% of the run)."""
     eval_batches: int = 8
     """Held-out batches per evaluation."""
+    teacher_cache_mb: float = 2048.0
+    """Store the teacher's last hidden states on the training batches once, for every run on the same batches
+    (all trials of a search, all arms of a validation seed), when they fit in this many MB; 0 never stores."""
     eval_cache_mb: float = 1024.0
     """Keep the teacher's logits on the held-out batches after the first evaluation when they fit in this many MB
     (the teacher is frozen: they never change); 0 recomputes them at every evaluation. Results are identical."""
@@ -241,8 +244,9 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"train.min_lr_ratio must be in [0, 1], got {tr.min_lr_ratio}")
     if tr.grad_clip < 0 or tr.checkpoint_every < 0 or tr.weight_decay < 0:
         raise ConfigError("train.grad_clip, train.checkpoint_every and train.weight_decay must be >= 0")
-    if not tr.eval_cache_mb >= 0:
-        raise ConfigError(f"train.eval_cache_mb must be >= 0, got {tr.eval_cache_mb}")
+    for name in ("eval_cache_mb", "teacher_cache_mb"):
+        if not getattr(tr, name) >= 0:
+            raise ConfigError(f"train.{name} must be >= 0, got {getattr(tr, name)}")
     _choice("train.device", tr.device, ("auto", "cpu", "cuda"))
     for name in ("kd_weight", "ce_weight", "align_weight"):
         if not getattr(lo, name) >= 0:

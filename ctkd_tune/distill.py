@@ -32,6 +32,7 @@ from ctkd_tune.ctkd import kd_loss, lambda_at
 from ctkd_tune.data import TokenData, eval_batches, get_batch, load_tokens, resolve_source, split_tokens
 from ctkd_tune.models import Teacher, check_model_paths, check_same_vocabulary, load_student, load_teacher, \
     resolve_device
+from ctkd_tune.teacher_states import TeacherStates
 from ctkd_tune.temperature import Temperature, temperature_stats
 
 Report = Callable[[dict[str, Any], "Path | None"], None]
@@ -162,6 +163,7 @@ def distill(cfg: Config, report: Report = print_report, *, setup: Setup | None =
         align = nn.Linear(student.config.hidden_size, teacher.model.config.hidden_size, bias=False).to(device)
     optimizer = student_optimizer(student, align, cfg)
     temp_optimizer = temperature.optimizer()
+    stored = TeacherStates.open(cfg, teacher, data)  # the teacher's outputs on these batches, if a driver stored them
     held_out = HeldOut([(x.to(device), y.to(device)) for x, y in
                         eval_batches(data.val, t.eval_batches, t.batch_size, cfg.data.block_size)], t.eval_cache_mb)
     eval_at = evaluation_steps(cfg)
@@ -198,7 +200,7 @@ def distill(cfg: Config, report: Report = print_report, *, setup: Setup | None =
         # 2. forward: teacher, student, temperature
         x, y = (b.to(device) for b in get_batch(data.train, i, t.batch_size, cfg.data.block_size, data_seed))
         with autocast():
-            teacher_out = teacher(x)  # logits (B, T, V)
+            teacher_out = stored.output(i, x) if stored is not None else teacher(x)  # logits (B, T, V)
             student_out = student(x, output_hidden_states=align is not None)
         tau = temperature(i, lam, student_out.logits, teacher_out.logits)  # () or (B*T,)
 

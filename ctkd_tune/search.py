@@ -198,7 +198,7 @@ def run_search(base_cfg: Config | None, space: str | None = None, name: str = "c
         runs = state["runs"] if state else []
         if not resume:
             _check_no_unfinished_trials(storage, name)
-            _prepare_shared(base_cfg)  # teacher and token cache built once, before trials could race for them
+            _prepare_shared(base_cfg)  # built once, before trials could race for them
             runs = runs + [{"name": f"{name}-run{len(runs) + 1}", "storage_path": _storage(storage_path, directory),
                             "num_samples": num_samples or DEFAULT_NUM_SAMPLES}]
             atomic_write_json(state_file, {"name": name, "base": base_cfg.to_dict(), "space": space or None,
@@ -351,9 +351,12 @@ def _check_no_unfinished_trials(storage, name: str) -> None:
 
 
 def _prepare_shared(cfg: Config) -> None:
+    """Teacher, token cache and the teacher's outputs on the shared training batches, built once for all trials."""
     from ctkd_tune.distill import prepare
+    from ctkd_tune.teacher_states import build
 
     setup = prepare(cfg)
+    build(cfg, setup.teacher, setup.data)
     del setup
 
 

@@ -46,6 +46,7 @@ def execute(directory: Path, plan: dict[str, Any], todo: list, rows: list, curve
         if cpus > available:
             raise ConfigError(f"--cpus-per-run {cpus:g} exceeds the cluster's {available:g} CPUs")
         atomic_write_json(directory / VALIDATION_PLAN, plan)
+        _store_teacher_outputs(todo)
         task = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=0)(_run_one)
         # an arm whose config equals another's (the search's best is often fallback C) runs once per seed: on
         # CPU the same config and seed give the same run, bit for bit. Its rows are copies, marked same_run_as.
@@ -88,6 +89,18 @@ def execute(directory: Path, plan: dict[str, Any], todo: list, rows: list, curve
     finally:
         if started:
             ray.shutdown()
+
+
+def _store_teacher_outputs(todo: list) -> None:
+    """The teacher's outputs on each seed's training batches, once: every arm of a seed trains on the same ones."""
+    from ctkd_tune.distill import prepare
+    from ctkd_tune.teacher_states import build
+
+    setup = None
+    for seed in sorted({seed for _, seed in todo}):
+        cfg = run_config(next(arm for arm, s in todo if s == seed), seed)
+        setup = setup or prepare(cfg)
+        build(cfg, setup.teacher, setup.data)
 
 
 def _run_key(arm: dict[str, Any], seed: int) -> str:

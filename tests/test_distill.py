@@ -76,6 +76,7 @@ def test_teacher_logits_on_held_out_data_are_computed_once_and_change_nothing():
     class CountingTeacher:  # the real teacher, counting its forward passes on held-out batches (batch 0 is one)
         def __init__(self, teacher, held_out_first):
             self.teacher, self.first, self.calls = teacher, held_out_first, 0
+            self.model, self.with_hidden = teacher.model, teacher.with_hidden
 
         def __call__(self, x):
             self.calls += int(torch.equal(x, self.first))

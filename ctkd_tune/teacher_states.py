@@ -1,0 +1,184 @@
+"""The teacher's outputs on the training batches, computed once and reused by every run that sees those batches.
+
+Batches are a pure function of (data seed, step) and the teacher is frozen, so at a given step the teacher's
+output is the same in every trial of a search (they share the data seed) and in every arm of a validation seed.
+The logits are V wide, too big to keep; the teacher's last hidden state is H wide (V/H = 32× smaller for the
+embedded teacher) and its LM head turns it back into the logits, exactly: the head is a cheap part of the forward
+(≈ 1/3 of it for the embedded teacher), the transformer body is the rest.
+
+    path = build(cfg, setup)          # the search / validate driver, before its runs; None if it does not apply
+    stored = TeacherStates.open(cfg, setup.teacher, setup.data)   # in `distill`: None unless built for its batches
+    out = stored.output(step, x)      # TeacherOutput, as `teacher(x)` gives
+
+An entry (in `cache_dir()/teacher-states/KEY/`) holds hidden.npy (steps, B, T, H) float32, ids.npy (steps, B, T)
+int32 and meta.json. KEY hashes the teacher (its config and a sample of its weights), the training tokens, the
+data seed, batch size, block size and the number of steps. `output` also compares the step's input ids with the
+stored ones and falls back to the teacher's forward on any difference, so a stale entry can cost time, never
+correctness. Built only when the head applied to the last hidden state reproduces the teacher's logits (a model
+with soft-capping or a logit scale is left alone) and when the entry fits in `train.teacher_cache_mb`. The four
+most recently used entries are kept.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ctkd_tune.config import Config
+from ctkd_tune.data import TokenData, get_batch
+from ctkd_tune.models import Teacher, TeacherOutput
+
+KEEP_ENTRIES = 4
+VERSION = 1  # bump when the layout or the key changes
+
+
+class TeacherStates:
+    """A read-only entry: the teacher's last hidden states per training step, and its LM head."""
+
+    def __init__(self, directory: Path, teacher: Teacher):
+        self.directory, self.teacher = directory, teacher
+        self.hidden = np.load(directory / "hidden.npy", mmap_mode="r")  # (steps, B, T, H)
+        self.ids = np.load(directory / "ids.npy", mmap_mode="r")  # (steps, B, T)
+        self.head = teacher.model.get_output_embeddings()
+        self.misses = 0
+
+    @classmethod
+    def open(cls, cfg: Config, teacher: Teacher, data: TokenData) -> TeacherStates | None:
+        if cfg.train.teacher_cache_mb <= 0:
+            return None
+        directory = _entries() / _key(cfg, teacher, data)
+        if not (directory / "meta.json").is_file():
+            return None
+        os.utime(directory / "meta.json")  # recently used: kept by the pruning
+        return cls(directory, teacher)
+
+    @torch.no_grad()
+    def output(self, step: int, x: torch.Tensor) -> TeacherOutput:
+        """The teacher's output on batch `x` of 0-based `step`, from the entry (or the teacher, if it differs)."""
+        if step >= len(self.ids) or not np.array_equal(self.ids[step], x.cpu().numpy()):
+            self.misses += 1
+            return self.teacher(x)
+        hidden = torch.from_numpy(np.array(self.hidden[step])).to(x.device)  # (B, T, H)
+        return TeacherOutput(self.head(hidden), hidden if self.teacher.with_hidden else None)
+
+
+def build(cfg: Config, teacher: Teacher, data: TokenData, log=print) -> Path | None:
+    """Compute the entry for cfg's training batches unless it exists; None when it cannot or should not be."""
+    if cfg.train.teacher_cache_mb <= 0:
+        return None
+    directory = _entries() / _key(cfg, teacher, data)
+    if (directory / "meta.json").is_file():
+        os.utime(directory / "meta.json")
+        return directory
+    t, seed = cfg.train, _data_seed(cfg)
+    device = next(teacher.model.parameters()).device
+    x, _ = get_batch(data.train, 0, t.batch_size, cfg.data.block_size, seed)
+    hidden, exact = _probe(teacher, x.to(device))
+    size_mb = t.steps * hidden.numel() * 4 / 2**20  # float32 (steps, B, T, H)
+    if not exact:
+        log("ctkd-tune: teacher outputs not stored: its logits are not its LM head applied to its last hidden "
+            "state (e.g. soft-capping); every run computes them")
+        return None
+    if size_mb > t.teacher_cache_mb:
+        log(f"ctkd-tune: teacher outputs not stored: {size_mb:.0f} MB > train.teacher_cache_mb="
+            f"{t.teacher_cache_mb:g}; every run computes them")
+        return None
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    with _file_lock(directory.with_name(directory.name + ".lock")):  # concurrent builders: one computes
+        if not (directory / "meta.json").is_file():
+            _write(directory, cfg, teacher, data, device, size_mb, log)
+    _prune()
+    return directory
+
+
+def _write(directory: Path, cfg: Config, teacher: Teacher, data: TokenData, device, size_mb: float, log) -> None:
+    t, seed = cfg.train, _data_seed(cfg)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    try:
+        tic = time.perf_counter()
+        states = ids = None
+        for step in range(t.steps):
+            x, _ = get_batch(data.train, step, t.batch_size, cfg.data.block_size, seed)
+            hidden = _body(teacher, x.to(device)).float().cpu().numpy()
+            if states is None:
+                states = np.lib.format.open_memmap(tmp / "hidden.npy", mode="w+", dtype=np.float32,
+                                                   shape=(t.steps, *hidden.shape))
+                ids = np.lib.format.open_memmap(tmp / "ids.npy", mode="w+", dtype=np.int32,
+                                                shape=(t.steps, *x.shape))
+            states[step], ids[step] = hidden, x.numpy()
+        states.flush()
+        ids.flush()
+        del states, ids
+        meta = {"version": VERSION, "steps": t.steps, "teacher": cfg.model.teacher, "data_seed": seed,
+                "mb": round(size_mb, 1)}
+        (tmp / "meta.json").write_text(json.dumps(meta))
+        os.replace(tmp, directory)  # atomic: an entry is whole or absent
+        log(f"ctkd-tune: stored the teacher's outputs for {t.steps} steps ({size_mb:.0f} MB) in "
+            f"{time.perf_counter() - tic:.0f} s: every run on these batches skips the teacher's body")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+# --- helpers -----------------------------------------------------------------------------------------------------
+
+def _file_lock(path: Path):
+    from ctkd_tune.embedded import _file_lock as lock
+
+    return lock(path)
+
+
+def _entries() -> Path:
+    from ctkd_tune.embedded import cache_dir
+
+    return cache_dir() / "teacher-states"
+
+
+def _data_seed(cfg: Config) -> int:
+    return cfg.train.seed if cfg.train.data_seed is None else cfg.train.data_seed
+
+
+@torch.no_grad()
+def _body(teacher: Teacher, x: torch.Tensor) -> torch.Tensor:
+    """The teacher's last hidden state (after its final norm): what its LM head reads."""
+    return teacher.model.base_model(x).last_hidden_state
+
+
+@torch.no_grad()
+def _probe(teacher: Teacher, x: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    """(last hidden state on x, whether the LM head applied to it gives the teacher's logits)."""
+    hidden = _body(teacher, x)
+    head = teacher.model.get_output_embeddings()
+    if head is None:
+        return hidden, False
+    logits = teacher(x).logits
+    rebuilt = head(hidden)
+    exact = rebuilt.shape == logits.shape and torch.allclose(rebuilt.float(), logits.float(), rtol=1e-5, atol=1e-5)
+    return hidden, exact
+
+
+def _key(cfg: Config, teacher: Teacher, data: TokenData) -> str:
+    h = hashlib.sha256()
+    model = teacher.model
+    h.update(json.dumps({"version": VERSION, "config": model.config.to_json_string(), "steps": cfg.train.steps,
+                         "batch_size": cfg.train.batch_size, "block_size": cfg.data.block_size,
+                         "data_seed": _data_seed(cfg)}, sort_keys=True).encode())
+    for name, p in model.state_dict().items():  # a sample of every tensor: another checkpoint, another key
+        h.update(name.encode())
+        h.update(p.detach().flatten()[:256].float().cpu().numpy().tobytes())
+    h.update(data.train.cpu().numpy().tobytes())
+    return h.hexdigest()[:24]
+
+
+def _prune() -> None:
+    entries = sorted((p for p in _entries().iterdir() if not p.name.startswith(".") and (p / "meta.json").is_file()),
+                     key=lambda p: (p / "meta.json").stat().st_mtime, reverse=True)
+    for old in entries[KEEP_ENTRIES:]:
+        shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,88 @@
+"""The teacher's outputs stored once per set of training batches (`ctkd_tune.teacher_states`): exact, used,
+guarded against stale entries, bounded in size and in number."""
+
+import numpy as np
+import pytest
+import torch
+
+from ctkd_tune import distill, load_config, prepare
+from ctkd_tune import teacher_states as ts
+from ctkd_tune.data import get_batch
+
+QUIET = dict(report=lambda metrics, checkpoint: None, progress=False)
+
+
+@pytest.fixture
+def entries(tmp_path, monkeypatch):
+    """A private entries folder (the teacher itself stays in the shared test cache)."""
+    monkeypatch.setattr(ts, "_entries", lambda: tmp_path / "teacher-states")
+    return tmp_path / "teacher-states"
+
+
+def tiny(*overrides):
+    return load_config(preset="tiny", overrides=["train.steps=20", "train.eval_every=10", *overrides])
+
+
+def test_stored_outputs_are_the_teachers_and_a_stale_batch_falls_back(entries):
+    cfg = tiny("loss.align_weight=0.1")  # the alignment loss also reads the teacher's hidden state
+    setup = prepare(cfg)
+    assert ts.TeacherStates.open(cfg, setup.teacher, setup.data) is None  # nothing built yet
+    path = ts.build(cfg, setup.teacher, setup.data, log=lambda line: None)
+    assert path.parent == entries and {p.name for p in path.iterdir()} == {"hidden.npy", "ids.npy", "meta.json"}
+    stored = ts.TeacherStates.open(cfg, setup.teacher, setup.data)
+    for step in (0, 7, 19):
+        x, _ = get_batch(setup.data.train, step, cfg.train.batch_size, cfg.data.block_size, cfg.train.seed)
+        got, want = stored.output(step, x), setup.teacher(x)
+        assert torch.equal(got.logits, want.logits) and torch.equal(got.hidden, want.hidden)
+    assert stored.misses == 0
+    other, _ = get_batch(setup.data.train, 3, cfg.train.batch_size, cfg.data.block_size, cfg.train.seed)
+    assert torch.equal(stored.output(5, other).logits, setup.teacher(other).logits)  # ids differ: recomputed
+    assert torch.equal(stored.output(20, other).logits, setup.teacher(other).logits)  # past the stored steps
+    assert stored.misses == 2
+
+
+def test_a_run_on_stored_outputs_is_the_same_run_without_the_teachers_body(entries, monkeypatch):
+    plain = distill(tiny("train.teacher_cache_mb=0"), **QUIET).history
+    cfg = tiny()
+    setup = prepare(cfg)
+    ts.build(cfg, setup.teacher, setup.data, log=lambda line: None)
+    calls = []
+    real_output = ts.TeacherStates.output
+    monkeypatch.setattr(ts.TeacherStates, "output", lambda self, step, x: calls.append(step) or real_output(
+        self, step, x))
+    body, body_calls = setup.teacher.model.base_model, []
+    real_forward = body.forward
+    monkeypatch.setattr(body, "forward", lambda *a, **k: body_calls.append(1) or real_forward(*a, **k))
+    stored = distill(cfg, setup=setup, **QUIET).history
+    # the body ran only for the held-out batches, once (the evaluation keeps their logits), never for training
+    assert calls == list(range(cfg.train.steps)) and len(body_calls) == cfg.train.eval_batches
+    strip = lambda h: [{k: v for k, v in r.items() if k != "train/tokens_per_s"} for r in h]  # noqa: E731
+    assert strip(stored) == strip(plain)
+
+
+def test_entries_are_keyed_by_batches_bounded_in_size_and_pruned(entries):
+    cfg = tiny()
+    setup = prepare(cfg)
+    quiet = []
+    assert ts.build(tiny("train.teacher_cache_mb=0"), setup.teacher, setup.data, log=quiet.append) is None
+    assert ts.build(tiny("train.teacher_cache_mb=0.01"), setup.teacher, setup.data, log=quiet.append) is None
+    assert "MB > train.teacher_cache_mb=0.01" in quiet[-1] and not entries.exists()
+    paths = [ts.build(tiny(f"train.data_seed={seed}"), setup.teacher, setup.data, log=quiet.append)
+             for seed in range(ts.KEEP_ENTRIES + 1)]
+    assert len(set(paths)) == ts.KEEP_ENTRIES + 1  # another data seed, other batches: another entry
+    assert ts.build(tiny("train.data_seed=1"), setup.teacher, setup.data) == paths[1]  # found, not rebuilt
+    kept = {p for p in entries.iterdir() if p.is_dir()}
+    assert len(kept) == ts.KEEP_ENTRIES and paths[0] not in kept  # the least recently used is gone
+    ids = np.load(paths[1] / "ids.npy")
+    x, _ = get_batch(setup.data.train, 4, cfg.train.batch_size, cfg.data.block_size, 1)
+    assert ids.shape == (cfg.train.steps, *x.shape) and np.array_equal(ids[4], x.numpy())
+
+
+def test_a_teacher_whose_head_does_not_give_its_logits_is_not_stored(entries, monkeypatch):
+    cfg = tiny()
+    setup = prepare(cfg)
+    head = setup.teacher.model.get_output_embeddings()
+    monkeypatch.setattr(setup.teacher.model, "get_output_embeddings", lambda: (lambda h: head(h) * 0.5))
+    said = []
+    assert ts.build(cfg, setup.teacher, setup.data, log=said.append) is None
+    assert "not its LM head applied to its last hidden state" in said[0] and not entries.exists()
