@@ -57,8 +57,11 @@ class TeacherStates:
         directory = _entries() / _key(cfg, teacher, data)
         if not (directory / "meta.json").is_file():
             return None
-        os.utime(directory / "meta.json")  # recently used: kept by the pruning
-        return cls(directory, teacher)
+        try:
+            os.utime(directory / "meta.json")  # recently used: kept by the pruning
+            return cls(directory, teacher)
+        except (OSError, ValueError):  # pruned meanwhile, truncated, unreadable: the teacher computes it instead
+            return None
 
     @torch.no_grad()
     def output(self, step: int, x: torch.Tensor) -> TeacherOutput:

@@ -86,3 +86,12 @@ def test_a_teacher_whose_head_does_not_give_its_logits_is_not_stored(entries, mo
     said = []
     assert ts.build(cfg, setup.teacher, setup.data, log=said.append) is None
     assert "not its LM head applied to its last hidden state" in said[0] and not entries.exists()
+
+
+def test_a_damaged_entry_is_ignored_not_fatal(entries):
+    cfg = tiny()
+    setup = prepare(cfg)
+    path = ts.build(cfg, setup.teacher, setup.data, log=lambda line: None)
+    (path / "hidden.npy").write_bytes(b"\x93NUMPY truncated")
+    assert ts.TeacherStates.open(cfg, setup.teacher, setup.data) is None
+    assert distill(cfg, setup=setup, **QUIET).summary["status"] == "completed"
