@@ -300,3 +300,23 @@ def test_an_arm_identical_to_another_runs_once(tmp_path, ray_cluster, capsys):
     assert "validating 1 runs (5 arms × 1 seeds, 4 done before, 1 identical" in capsys.readouterr().out
     again = pd.read_parquet(exp / "validation.parquet").set_index("arm")
     assert again.loc["fallback_C", "wall_time_s"] == runs.loc["trial-0", "wall_time_s"]
+
+
+def test_validate_joins_the_cluster_given_by_address_before_writing(tmp_path, monkeypatch):
+    import ray
+
+    exp = fabricate_experiment(tmp_path / "exp", with_study=False)
+    asked = []
+
+    def refuse(*args, **kwargs):
+        asked.append(kwargs.get("address"))
+        raise ConnectionError("connection refused")
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", refuse)
+    from ctkd_tune.validate import run_validation
+
+    with pytest.raises(ConfigError, match=r"--address ray://head:10001: cannot connect to Ray \(ConnectionError"):
+        run_validation(exp, address="ray://head:10001")
+    assert asked == ["ray://head:10001"]
+    assert not (exp / "validation.json").exists() and not (exp / "validation.parquet").exists()
