@@ -25,6 +25,9 @@ REFERENCE_ARM = "fallback_A"
 KIND_ORDER = {"search": 0, "fallback": 1, "ablation": 2}
 RUN_COLUMNS = ("arm", "kind", "seed", "status", "final_val_ppl", "checks_passed", "spike", "runaway")
 FINAL_CHECK = "ppl@100%"
+FROZEN_TAU_RANGE = 0.05
+"""A learned temperature whose whole range over the run (all seeds, all tokens) is narrower than this did not
+learn: the arm is in effect a fixed temperature, and the verdict says so."""
 
 
 @dataclass
@@ -163,6 +166,12 @@ def _recommend(arms, target: Target, confidence: float) -> Verdict:
             lines.append(f"A fallback beats every passing searched configuration: {best['arm']} is recommended.")
         if best["kind"] == "search" and not _nan(best["ci_low"]) and best["ci_low"] <= 0 <= best["ci_high"]:
             lines.append("Its difference to fallback A is within seed noise (the CI includes 0).")
+        if best["kind"] == "search" and not _nan(best.get("tau_lo")) and not _nan(best.get("tau_hi")) and \
+                best["tau_hi"] - best["tau_lo"] < FROZEN_TAU_RANGE:
+            tau = (best["tau_lo"] + best["tau_hi"]) / 2
+            lines.append(f"Its temperature hardly moved (τ in [{best['tau_lo']:.3f}, {best['tau_hi']:.3f}] over the "
+                         f"whole run): in effect a fixed T ≈ {tau:.2f}, not a learned curriculum. Compare it with "
+                         f"--set temperature.mode=fixed temperature.fixed_value={tau:.2f} before crediting CTKD.")
         ablation = arms[(arms["kind"] == "ablation") & arms["passes"] & (arms["ppl_mean"] < best["ppl_mean"])]
         for a in ablation.to_dict("records"):
             lines.append(f"Note: the {a['arm']} ablation (never recommended) reached a lower mean val/ppl "

@@ -96,7 +96,7 @@ def test_spike_definition():
 
 # --- the verdict on constructed tables ----------------------------------------------------------------------------
 
-def runs_table(ppl_by_arm, *, failed_checks=(), spikes=(), diverged=()):
+def runs_table(ppl_by_arm, *, failed_checks=(), spikes=(), diverged=(), frozen=()):
     """One row per (arm, seed); arms named trial-* are searched, learnable is the ablation."""
     rows = []
     for arm, ppls in ppl_by_arm.items():
@@ -107,7 +107,7 @@ def runs_table(ppl_by_arm, *, failed_checks=(), spikes=(), diverged=()):
                          "status": "diverged" if bad else "completed", "final_val_ppl": None if bad else ppl,
                          "checks_passed": (arm, seed) not in failed_checks, "spike": (arm, seed) in spikes,
                          "runaway": False, "tau_start": 2.0, "tau_mid": 2.5, "tau_end": 3.0, "tau_lo": 2.0,
-                         "tau_hi": 3.1})
+                         "tau_hi": 2.02 if arm in frozen else 3.1})
     return pd.DataFrame(rows)
 
 
@@ -160,6 +160,16 @@ def test_verdict_relative_target_diverged_and_missing_seeds():
     assert "did not complete" in arms.loc["trial-2", "why"] and "missing seeds [3]" in arms.loc["trial-4", "why"]
     assert verdict.recommended == "trial-1"
     assert "within seed noise" in "\n".join(verdict.lines)
+
+
+def test_verdict_says_when_the_winning_temperature_never_moved():
+    moving = judge(runs_table({"trial-3": [290.0, 291.0], **FALLBACKS}), Target(value=400.0), seeds=[1, 2])
+    assert not any("hardly moved" in line for line in moving.lines)
+    frozen = judge(runs_table({"trial-3": [290.0, 291.0], **FALLBACKS}, frozen={"trial-3"}), Target(value=400.0),
+                   seeds=[1, 2])
+    assert frozen.recommended == "trial-3"
+    assert ("Its temperature hardly moved (τ in [2.000, 2.020] over the whole run): in effect a fixed T ≈ 2.01, "
+            "not a learned curriculum.") in frozen.lines[-1]
 
 
 def test_verdict_with_one_seed_says_n_a():
