@@ -176,7 +176,8 @@ def _run_space(space: Space, trial, name: str) -> dict[str, Any]:
     except Exception as err:  # optuna's ValueError for low > high, a TypeError in user code, ...
         raise ConfigError(f"search space {name} failed: {type(err).__name__}: {_first_line(err)}") from None
     if returned is not None and not (isinstance(returned, dict) and all(isinstance(k, str) for k in returned)):
-        raise ConfigError(f"search space {name} must return None or a dict with str keys, got {type(returned).__name__}")
+        raise ConfigError(f"search space {name} must return None or a dict with str keys, "
+                          f"got {type(returned).__name__}")
     suggested = {**trial.params, **(returned or {})}
     for key in suggested:
         if "/" in key:  # Ray's OptunaSearch would nest it

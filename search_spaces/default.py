@@ -2,6 +2,7 @@
 
     ctkd-tune search                                     # uses default_space
     ctkd-tune search --space search_spaces.default:default_space
+    ctkd-tune search --space search_spaces.default:curriculum_space    # + the temperature's learning rate
 
 A space only calls `trial.suggest_*`; parameter names are the config's dotted keys, so every suggestion is a
 `--set` override of the base config. Dependent ranges keep each sample valid by construction:
@@ -17,10 +18,11 @@ TAU_INIT_INSET = 0.1
 """tau_init keeps this distance from both bounds (a start on a bound is a runaway from step 0)."""
 
 # Known configurations, evaluated first (points_to_evaluate).
-RECOMMENDED = {  # the plan's recommended configuration
+# The plan's recommended configuration; temperature.lr is the config's default, for spaces that search it.
+RECOMMENDED = {
     "temperature.tau_min": 1.0, "temperature.tau_max": 5.0, "temperature.tau_init": 2.0,
     "schedule.lambda_max": 1.0, "schedule.warmup_ratio": 0.2, "schedule.type": "cosine",
-    "temperature.granularity": "global",
+    "temperature.granularity": "global", "temperature.lr": 0.05,
 }
 FALLBACK_C = {**RECOMMENDED, "schedule.lambda_max": 0.5, "schedule.warmup_ratio": 0.4}  # a gentler adversary
 KNOWN_POINTS = [RECOMMENDED, FALLBACK_C]
@@ -37,3 +39,14 @@ def default_space(trial) -> None:
         trial.suggest_float("schedule.gamma", 1.0, 20.0, log=True)
     trial.suggest_categorical("temperature.granularity", ["global", "token"])
     return None
+
+
+def curriculum_space(trial) -> None:
+    """The default space plus the temperature's SGD learning rate.
+
+    The temperature moves by lr·λ·∂L/∂θ per step: at the default lr (0.05) and λ ≤ 1 it moves by less than 0.1
+    in the default search's 150 steps, so the default space mostly searches the initial temperature. This space
+    lets the search find out whether a temperature that actually follows the curriculum does better.
+    """
+    default_space(trial)
+    trial.suggest_float("temperature.lr", 0.01, 2.0, log=True)

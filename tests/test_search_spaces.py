@@ -13,7 +13,8 @@ from ctkd_tune.config import ConfigError, load_config
 from search_spaces import YamlSpace, check_space, load_space, trial_config
 from search_spaces.default import FALLBACK_C, KNOWN_POINTS, RECOMMENDED, TAU_MARGIN
 
-SHIPPED = [None, "search_spaces.default:default_space", "search_spaces/example.yaml"]
+SHIPPED = [None, "search_spaces.default:default_space", "search_spaces.default:curriculum_space",
+           "search_spaces/example.yaml"]
 BASE = load_config(preset="tiny")
 
 
@@ -57,7 +58,7 @@ def test_default_space_keeps_its_margins_and_conditional_gamma():
 def test_known_points_are_the_plan():
     assert RECOMMENDED == {"temperature.tau_min": 1.0, "temperature.tau_max": 5.0, "temperature.tau_init": 2.0,
                            "schedule.lambda_max": 1.0, "schedule.warmup_ratio": 0.2, "schedule.type": "cosine",
-                           "temperature.granularity": "global"}
+                           "temperature.granularity": "global", "temperature.lr": 0.05}
     assert FALLBACK_C == {**RECOMMENDED, "schedule.lambda_max": 0.5, "schedule.warmup_ratio": 0.4}
     assert KNOWN_POINTS == [RECOMMENDED, FALLBACK_C]
 
@@ -162,3 +163,11 @@ def test_cli_search_help_lists_every_flag(capsys):
                  "--cpus-per-trial", "--gpus-per-trial", "--resume", "--address", "--storage-path",
                  "--results-dir", "--seed", "--dashboard-host"):
         assert flag in text
+
+
+def test_curriculum_space_searches_the_temperature_lr_and_keeps_the_plans_points_exact():
+    info = check_space(load_space("search_spaces.default:curriculum_space"), BASE, "curriculum")
+    assert "temperature.lr" in info.params and info.points == [RECOMMENDED, FALLBACK_C]  # lr 0.05 pinned
+    default = check_space(load_space(None), BASE, "default")
+    assert "temperature.lr" not in default.params
+    assert default.points == [{k: v for k, v in p.items() if k != "temperature.lr"} for p in KNOWN_POINTS]
