@@ -19,6 +19,7 @@ import pandas as pd
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
+import sqlalchemy.exc
 
 from ctkd_tune.config import Config, ConfigError, load_config
 from ctkd_tune.results import STATUSES, config_from_row, search_progress, steps_to_target, trial_outcome
@@ -194,14 +195,16 @@ def test_resume_after_ctrl_c_runs_no_trial_twice(ray_cluster, tmp_path):
            "--max-concurrent", "1", "--address", ray_cluster, "--results-dir", str(tmp_path),
            *(a for o in sets for a in ("--set", o))]
     driver = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    db = tmp_path / "r" / "optuna.db"
+    # Ray's experiment folder appears once the driver has created the study's tables: reading the database before
+    # would race the driver's own table creation
+    started = tmp_path / "r" / "ray" / "r-run1"
     deadline = time.time() + 240
     while time.time() < deadline and driver.poll() is None:  # interrupt once a trial finished and one is under way
         time.sleep(0.1)
-        if db.exists():
+        if started.exists():
             try:
                 trials = _study(tmp_path / "r", "r").trials
-            except KeyError:
+            except (KeyError, sqlalchemy.exc.OperationalError):  # no study row yet, or the database is busy
                 continue
             if any(t.state.is_finished() for t in trials) and any(
                     t.state.name == "RUNNING" and t.intermediate_values for t in trials):
