@@ -87,9 +87,10 @@ def main() -> int:
           f"{'completed':>9s} {'pruned':>6s} {'diverged':>8s} {'wall s':>7s}")
     medians, censored = {}, {}
     for method in METHODS:
-        costs = []
+        costs, found = [], 0
         for r in (r for r in runs if r["method"] == method):
             steps, total = steps_to_target(r["trials"], r["curves"], target)
+            found += steps is not None
             done = r["trials"].loc[r["trials"]["status"] == "completed", "final_val_ppl"]
             costs.append(steps if steps is not None else total)
             shown = f"{steps}" if steps is not None else f">{total}"
@@ -97,8 +98,6 @@ def main() -> int:
                   f"{r['counts'].get('completed', 0):>9d} {r['counts'].get('pruned', 0):>6d} "
                   f"{r['counts'].get('diverged', 0):>8d} {r['wall_s']:>7.0f}")
         medians[method] = statistics.median(costs)
-        found = sum(steps_to_target(r["trials"], r["curves"], target)[0] is not None
-                    for r in runs if r["method"] == method)
         censored[method] = args.seeds - found > (args.seeds - 1) // 2  # the median itself is a censored value
         print(f"{method:9s} median steps to target: {'≥' if censored[method] else ''}{medians[method]:.0f} "
               f"({found}/{args.seeds} searches reached it)")

@@ -115,7 +115,7 @@ def corpus_documents(name: str) -> list[str]:
 # build-once cache entries
 
 @contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
+def file_lock(path: Path) -> Iterator[None]:
     """Hold an exclusive flock on `path` so concurrent processes (Ray trials) build an entry only once."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as f:
@@ -130,7 +130,7 @@ def _build_once(target: Path, build: Callable[[Path], None], ready: Callable[[Pa
     """Make directory `target` with `build(tmp_dir)` unless `ready(target)`; a crash never leaves a half entry."""
     if ready(target):
         return target
-    with _file_lock(target.with_name(target.name + ".lock")):
+    with file_lock(target.with_name(target.name + ".lock")):
         if ready(target):  # another process built it while we waited for the lock
             return target
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))

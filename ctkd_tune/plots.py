@@ -57,15 +57,25 @@ def _line_style(trial_id, best, colors) -> dict:
     return dict(color=colors.get(trial_id, "grey"), linewidth=1.2, alpha=0.8)
 
 
+def _per_trial(trials):
+    """What every per-trial line plot needs: colour per trial, the colour bar's mappable, status per trial and the
+    best completed trial."""
+    colors, mappable = _trial_colors(trials)
+    return colors, mappable, trials.set_index("trial_id")["status"].to_dict(), _best_trial(trials)
+
+
+def _per_trial_key(fig, legend_ax, axes, mappable, status, best) -> None:
+    """The status legend (with the best trial) on `legend_ax` and one colour bar for `axes`."""
+    _status_legend(legend_ax, sorted(set(status.values())), f"best completed trial {best}" if best else None)
+    fig.colorbar(mappable, ax=axes, label="trial's best val/ppl (lower is better)")
+
+
 def trajectories(curves, trials, path: Path) -> Path | str:
     """τ and λ against the training step, one line per trial (at each evaluation the trial reported)."""
     if not len(curves) or "ctkd/temperature" not in curves:
         return "no curves.parquet rows: no temperature trajectories"
-    plt = _plt()
-    colors, mappable = _trial_colors(trials)
-    status = trials.set_index("trial_id")["status"].to_dict()
-    best = _best_trial(trials)
-    fig, (ax_t, ax_l) = plt.subplots(2, 1, figsize=(9, 7), sharex=True)
+    colors, mappable, status, best = _per_trial(trials)
+    fig, (ax_t, ax_l) = _plt().subplots(2, 1, figsize=(9, 7), sharex=True)
     for trial_id, c in curves.sort_values("step").groupby("trial_id", sort=False):
         style = _line_style(trial_id, best, colors)
         ls = STYLE.get(status.get(trial_id), "-")
@@ -74,8 +84,7 @@ def trajectories(curves, trials, path: Path) -> Path | str:
             ax_l.plot(c["step"], c["ctkd/lambda"], ls, marker=".", **style)
     ax_t.set(ylabel="temperature τ (mean over tokens)", title="Temperature and λ per search trial")
     ax_l.set(xlabel="training step", ylabel="λ (gradient-reversal strength)")
-    _status_legend(ax_t, sorted(set(status.values())), f"best completed trial {best}" if best else None)
-    fig.colorbar(mappable, ax=[ax_t, ax_l], label="trial's best val/ppl (lower is better)")
+    _per_trial_key(fig, ax_t, [ax_t, ax_l], mappable, status, best)
     for ax in (ax_t, ax_l):
         ax.grid(alpha=0.3)
     return _save(fig, path)
@@ -85,11 +94,8 @@ def ppl_curves(curves, trials, path: Path) -> Path | str:
     """Held-out perplexity against the step, one line per trial (log scale)."""
     if not len(curves) or "val/ppl" not in curves:
         return "no curves.parquet rows: no val/ppl curves"
-    plt = _plt()
-    colors, mappable = _trial_colors(trials)
-    status = trials.set_index("trial_id")["status"].to_dict()
-    best = _best_trial(trials)
-    fig, ax = plt.subplots(figsize=(9, 5))
+    colors, mappable, status, best = _per_trial(trials)
+    fig, ax = _plt().subplots(figsize=(9, 5))
     for trial_id, c in curves[curves["status"] != "diverged"].sort_values("step").groupby("trial_id", sort=False):
         style = _line_style(trial_id, best, colors)
         ax.plot(c["step"], c["val/ppl"], STYLE.get(status.get(trial_id), "-"), marker=".", **style)
@@ -97,8 +103,7 @@ def ppl_curves(curves, trials, path: Path) -> Path | str:
            title="Held-out perplexity per search trial")
     _plain_log_ticks(ax)
     ax.grid(alpha=0.3, which="both")
-    _status_legend(ax, sorted(set(status.values())), f"best completed trial {best}" if best else None)
-    fig.colorbar(mappable, ax=ax, label="trial's best val/ppl (lower is better)")
+    _per_trial_key(fig, ax, ax, mappable, status, best)
     return _save(fig, path)
 
 

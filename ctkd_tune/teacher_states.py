@@ -34,6 +34,7 @@ import torch
 
 from ctkd_tune.config import Config
 from ctkd_tune.data import TokenData, get_batch
+from ctkd_tune.embedded import cache_dir, file_lock
 from ctkd_tune.models import Teacher, TeacherOutput
 
 KEEP_ENTRIES = 4
@@ -52,8 +53,8 @@ class TeacherStates:
 
     @classmethod
     def open(cls, cfg: Config, teacher: Teacher, data: TokenData) -> TeacherStates | None:
-        if cfg.train.teacher_cache_mb <= 0:
-            return None
+        if cfg.train.teacher_cache_mb <= 0 or not any(_entries().glob("*/meta.json")):
+            return None  # nothing stored: skip hashing the teacher and the tokens
         directory = _entries() / _key(cfg, teacher, data)
         if not (directory / "meta.json").is_file():
             return None
@@ -95,7 +96,7 @@ def build(cfg: Config, teacher: Teacher, data: TokenData, log=print) -> Path | N
             f"{t.teacher_cache_mb:g}; every run computes them")
         return None
     directory.parent.mkdir(parents=True, exist_ok=True)
-    with _file_lock(directory.with_name(directory.name + ".lock")):  # concurrent builders: one computes
+    with file_lock(directory.with_name(directory.name + ".lock")):  # concurrent builders: one computes
         if not (directory / "meta.json").is_file():
             _write(directory, cfg, teacher, data, device, size_mb, log)
     _prune()
@@ -132,15 +133,7 @@ def _write(directory: Path, cfg: Config, teacher: Teacher, data: TokenData, devi
 
 # --- helpers -----------------------------------------------------------------------------------------------------
 
-def _file_lock(path: Path):
-    from ctkd_tune.embedded import _file_lock as lock
-
-    return lock(path)
-
-
 def _entries() -> Path:
-    from ctkd_tune.embedded import cache_dir
-
     return cache_dir() / "teacher-states"
 
 
