@@ -10,7 +10,8 @@ Public API (everything else is internal):
 
 from ctkd_tune.config import PRESETS, Config, ConfigError, dump_yaml, load_config
 from ctkd_tune.ctkd import (CTKDTemperature, CTKDTemperaturePredictor, GradientReversalFunction,
-                            GradientReversalLayer, LAMBDA_SCHEDULES, get_lambda, get_lambda_exp, kd_loss, lambda_at)
+                            GradientReversalLayer, LAMBDA_SCHEDULES, get_lambda, get_lambda_exp, lambda_at)
+from ctkd_tune.losses import kd_loss
 from ctkd_tune.distill import RunResult, Setup, distill, prepare
 
 __all__ = [

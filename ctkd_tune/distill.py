@@ -28,7 +28,8 @@ from tqdm import tqdm
 from ctkd_tune.checkpoint import check_same_run, load_checkpoint, save_checkpoint
 from ctkd_tune.checks import check_steps, sanity_checks
 from ctkd_tune.config import Config, ConfigError
-from ctkd_tune.ctkd import kd_loss, lambda_at
+from ctkd_tune.ctkd import lambda_at
+from ctkd_tune.losses import kd_loss
 from ctkd_tune.data import TokenData, eval_batches, get_batch, load_tokens, resolve_source, split_tokens
 from ctkd_tune.models import Teacher, check_model_paths, check_same_vocabulary, load_student, load_teacher, \
     resolve_device

@@ -1,0 +1,191 @@
+"""Distillation losses: pure tensor functions with their formulas, shapes and reductions.
+
+- ``kd_loss``: τ²·KL(softmax(t/τ) ‖ softmax(s/τ)), mean over valid tokens, chunked over tokens with an analytic
+  backward (τ scalar or per token; τ gets its exact gradient, which CTKD's adversary needs).
+- ``kd_loss_reference``: the naive unchunked version it is tested against.
+
+torchtune keeps its KD losses apart from the recipe in the same way: the loop in ``distill.py`` only calls them.
+"""
+
+import torch
+import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
+
+
+# -----------------------------------------------------------------------------
+# KD loss: τ² · KL(softmax(t/τ) ‖ softmax(s/τ)), mean over valid tokens
+
+def _softmax_(x: torch.Tensor) -> torch.Tensor:
+    """Softmax over the last dim, in place."""
+    x.sub_(x.amax(dim=-1, keepdim=True)).exp_()
+    return x.div_(x.sum(dim=-1, keepdim=True))
+
+
+def _kd_chunk(s, t, tau, work, need_dtau):
+    """Per-token KL(p ‖ q) and, if asked, ∂(τ²·KL)/∂τ for one chunk, inside the 3 buffers ``work``.
+
+    s, t: (n, V) logits; tau: (n, 1); work: (3, ≥n, V) float32 scratch, reused from chunk to chunk (fresh
+    allocations page-fault, and that dominates on CPU). With log q = log_softmax(s/τ), log p = log_softmax(t/τ)
+    and d = log p − log q:
+        KL   = E_p[d]
+        ∂/∂τ = τ · (2·KL − (E_q[log q] − E_p[log q]) − Cov_p(log p, d))
+             = τ · (KL − E_q[log q] + E_p[log p] − (E_p[d · log p] − E_p[log p] · KL))
+    The sums use torch's (pairwise) sum: a matmul-based row dot loses ~1e-3 of the τ-gradient in float32.
+    """
+    logp, logq, tmp = work[:, :s.shape[0]]  # (n, V) each
+    torch.log_softmax(torch.div(t, tau, out=tmp), dim=-1, out=logp)
+    torch.log_softmax(torch.div(s, tau, out=tmp), dim=-1, out=logq)
+    if need_dtau:
+        e_p_logp = torch.exp(logp, out=tmp).mul_(logp).sum(-1)  # (n,) −H(p)
+        e_q_logq = torch.exp(logq, out=tmp).mul_(logq).sum(-1)  # (n,) −H(q)
+    d = torch.sub(logp, logq, out=logq)  # log p − log q, in place of log q
+    p_d = torch.exp(logp, out=tmp).mul_(d)  # p ⊙ d
+    kl = p_d.sum(-1)  # (n,)
+    if not need_dtau:
+        return kl, None
+    cov = p_d.mul_(logp).sum(-1) - e_p_logp * kl  # Cov_p(log p, d)
+    return kl, tau.squeeze(1) * (kl - e_q_logq + e_p_logp - cov)
+
+
+class _ChunkedKD(torch.autograd.Function):
+    """Σ_i w_i · τ_i² · KL_i over (N, V) logits, chunked over tokens, with an analytic backward.
+
+    The forward keeps only (N,) vectors; the backward recomputes the softmaxes chunk by chunk and writes
+    straight into the gradient. Gradients, for a token with weight w (q = softmax(s/τ), p = softmax(t/τ)):
+        ∂/∂s = w · τ · (q − p)
+        ∂/∂t = w · τ · p ⊙ (log p − log q − KL)
+        ∂/∂τ = w · τ · (2·KL − (E_q[log q] − E_p[log q]) − Cov_p(log p, log p − log q))
+    The τ formula follows from homogeneity: L(cs, ct, cτ) = c²·L(s, t, τ), so
+    τ·∂L/∂τ = 2L − ⟨s, ∂L/∂s⟩ − ⟨t, ∂L/∂t⟩.
+    Scratch memory: 3 (chunk_size, V) buffers in the forward, 1 in the backward (2 for non-float32 logits).
+    """
+
+    @staticmethod
+    def forward(ctx, s, t, tau, weights, chunk_size, grad_enabled):
+        # s, t: (N, V); tau: () or (N,); weights: (N,), 0 for masked tokens
+        (N, V), dtype, cs = s.shape, weights.dtype, chunk_size
+        tau_tok = tau.expand(N) if tau.ndim == 0 else tau  # (N,)
+        need_dtau = grad_enabled and ctx.needs_input_grad[2]
+        kl = torch.empty(N, dtype=dtype, device=s.device)
+        dtau = torch.empty_like(kl) if need_dtau else None
+        work = torch.empty(3, min(cs, N), V, dtype=dtype, device=s.device)
+        for i in range(0, N, cs):
+            kl_c, dtau_c = _kd_chunk(s[i:i + cs], t[i:i + cs], tau_tok[i:i + cs, None], work, need_dtau)
+            kl[i:i + cs] = kl_c
+            if need_dtau:
+                dtau[i:i + cs] = dtau_c
+        del work
+        loss = torch.where(weights > 0, weights * tau_tok**2 * kl, 0.0).sum()  # masked tokens cannot inject NaN
+        ctx.save_for_backward(s, t, tau, weights, kl, dtau)
+        ctx.chunk_size = cs
+        return loss
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_loss):
+        s, t, tau, weights, kl, dtau = ctx.saved_tensors
+        (N, V), dtype, cs = s.shape, weights.dtype, ctx.chunk_size
+        tau_tok = tau.expand(N) if tau.ndim == 0 else tau  # (N,)
+        coef = grad_loss * weights  # (N,) ∂loss/∂L_i
+        grad_s = grad_t = grad_tau = None
+        if ctx.needs_input_grad[0]:
+            grad_s = torch.empty_like(s)
+            work = torch.empty(1 if s.dtype == dtype else 2, min(cs, N), V, dtype=dtype, device=s.device)
+            for i in range(0, N, cs):
+                tau_c, out = tau_tok[i:i + cs, None], grad_s[i:i + cs]  # (n, 1), (n, V)
+                p = work[0, :out.shape[0]]
+                g = out if s.dtype == dtype else work[1, :out.shape[0]]
+                torch.log_softmax(torch.div(s[i:i + cs], tau_c, out=p), dim=-1, out=g).exp_()  # q
+                g.sub_(_softmax_(torch.div(t[i:i + cs], tau_c, out=p))).mul_(coef[i:i + cs, None] * tau_c)
+                if g is not out:
+                    out.copy_(g)
+        if ctx.needs_input_grad[1]:
+            grad_t = torch.empty_like(t)
+            work = torch.empty(3, min(cs, N), V, dtype=dtype, device=s.device)
+            for i in range(0, N, cs):
+                tau_c = tau_tok[i:i + cs, None]
+                logp, logq, tmp = work[:, :tau_c.shape[0]]
+                torch.log_softmax(torch.div(t[i:i + cs], tau_c, out=tmp), dim=-1, out=logp)
+                torch.log_softmax(torch.div(s[i:i + cs], tau_c, out=tmp), dim=-1, out=logq)
+                d = torch.sub(logp, logq, out=logq).sub_(kl[i:i + cs, None])  # log p − log q − KL
+                grad_t[i:i + cs] = d.mul_(logp.exp_()).mul_(coef[i:i + cs, None] * tau_c)
+        if ctx.needs_input_grad[2]:
+            g_tau = torch.where(weights > 0, coef * dtau, 0.0)  # (N,)
+            grad_tau = g_tau.sum() if tau.ndim == 0 else g_tau
+        return grad_s, grad_t, grad_tau, None, None, None
+
+
+def _prepare(student_logits, teacher_logits, tau, mask):
+    """Flatten to (N, V) and build per-token τ () or (N,) and weights (N,) = mask / n_valid."""
+    if student_logits.shape != teacher_logits.shape:
+        raise ValueError(f"student and teacher logits differ in shape: {tuple(student_logits.shape)} vs "
+                         f"{tuple(teacher_logits.shape)} (a vocabulary mismatch means the tokenizers differ)")
+    V = student_logits.shape[-1]
+    s, t = student_logits.reshape(-1, V), teacher_logits.reshape(-1, V)  # (N, V); a copy if not contiguous
+    N, device = s.shape[0], s.device
+    dtype = torch.promote_types(s.dtype, torch.float32)  # float32, or float64 for float64 inputs
+    if not torch.is_tensor(tau):
+        if not tau > 0:
+            raise ValueError(f"tau must be > 0, got {tau}")
+        tau = torch.tensor(float(tau), dtype=dtype, device=device)
+    elif tau.numel() == 1:
+        tau = tau.to(dtype).reshape(())
+    elif tau.numel() == N:
+        tau = tau.to(dtype).reshape(N)
+    else:
+        raise ValueError(f"tau must be a scalar or hold one value per token ({N}), got shape {tuple(tau.shape)}")
+    if mask is None:
+        weights = torch.full((N,), 1.0 / max(N, 1), dtype=dtype, device=device)
+    else:
+        if mask.numel() != N:
+            raise ValueError(f"mask must have the logits' leading shape {tuple(student_logits.shape[:-1])}, "
+                             f"got {tuple(mask.shape)}")
+        valid = mask.reshape(N).to(device=device, dtype=torch.bool)
+        weights = valid.to(dtype) / valid.sum().clamp(min=1).to(dtype)
+    return s, t, tau, weights
+
+
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tau: float | torch.Tensor,
+            mask: torch.Tensor | None = None, chunk_size: int = 1024) -> torch.Tensor:
+    """CTKD distillation loss, memory-lean: mean over valid tokens of τ² · KL(softmax(t/τ) ‖ softmax(s/τ)).
+
+        loss = (1/|M|) Σ_{i∈M} τ_i² Σ_v p_iv (log p_iv − log q_iv),   p = softmax(t/τ), q = softmax(s/τ)
+
+    with M the valid tokens (mask == 1 / True; all tokens if mask is None). This is the true KL (it includes
+    Σ p log p), so ∂/∂τ is unbiased; τ² is not detached and the teacher's softmax depends on τ, so the
+    gradient w.r.t. τ flows through both. All tokens masked → exactly 0, with zero gradients.
+
+    Args:
+        student_logits: (..., V), any float dtype (bf16 is upcast chunk by chunk); flattened to (N, V).
+        teacher_logits: (..., V), same shape; usually from a no_grad forward (its gradient is supported too).
+        tau: float, 0-d / one-element tensor, or one value per token ((N,) or the leading shape).
+        mask: optional (...) bool / 0-1 tensor with the logits' leading shape.
+        chunk_size: tokens per chunk.
+
+    Returns:
+        0-d float32 tensor (float64 for float64 inputs).
+
+    Memory: the forward keeps only (N,) vectors and the backward recomputes the softmaxes per chunk, so above
+    the inputs it needs the gradient (N, V) plus at most 3 float32 (chunk_size, V) scratch buffers. Pass contiguous
+    logits: reshaping a non-contiguous slice (e.g. logits[:, :-1]) copies it.
+    """
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    s, t, tau, weights = _prepare(student_logits, teacher_logits, tau, mask)
+    return _ChunkedKD.apply(s, t, tau, weights, chunk_size, torch.is_grad_enabled())
+
+
+def kd_loss_reference(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tau: float | torch.Tensor,
+                      mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Naive unchunked ``kd_loss`` (same formula, arguments and reduction), for tests and benchmarks.
+
+    Materialises several (N, V) float32 tensors; with a scalar τ and no mask it equals
+    F.kl_div(F.log_softmax(s/τ, -1), F.log_softmax(t/τ, -1), reduction="batchmean", log_target=True) · τ².
+    """
+    s, t, tau, weights = _prepare(student_logits, teacher_logits, tau, mask)
+    dtype = weights.dtype
+    tau_col = tau.reshape(-1, 1)  # (1, 1) or (N, 1)
+    log_q = F.log_softmax(s.to(dtype) / tau_col, dim=-1)  # (N, V)
+    log_p = F.log_softmax(t.to(dtype) / tau_col, dim=-1)  # (N, V)
+    kl = F.kl_div(log_q, log_p, reduction="none", log_target=True).sum(-1)  # (N,)
+    return (weights * tau_col.squeeze(1) ** 2 * kl).sum()
