@@ -21,20 +21,33 @@ def _softmax_(x: torch.Tensor) -> torch.Tensor:
     return x.div_(x.sum(dim=-1, keepdim=True))
 
 
-def _kd_chunk(s, t, tau, work, need_dtau):
-    """Per-token KL(p ‖ q) and, if asked, ∂(τ²·KL)/∂τ for one chunk, inside the 3 buffers ``work``.
+def forward_kl_chunk(s, t, tau, work, grad_s=None, need_dtau=False):
+    """The per-chunk kernel of every chunked KD path: per-token KL(p ‖ q) and, if asked, its τ²-scaled gradients.
 
-    s, t: (n, V) logits; tau: (n, 1); work: (3, ≥n, V) float32 scratch, reused from chunk to chunk (fresh
-    allocations page-fault, and that dominates on CPU). With log q = log_softmax(s/τ), log p = log_softmax(t/τ)
-    and d = log p − log q:
+    Args:
+        s, t: (n, V) student and teacher logits (any float dtype; upcast into ``work``).
+        tau: (n, 1) temperature per token (float32 or float64, the dtype of ``work``).
+        work: (3, ≥n, V) scratch in the compute dtype, reused from chunk to chunk (fresh allocations page-fault,
+            and that dominates on CPU). Its contents are destroyed.
+        grad_s: optional (n, V) buffer in the compute dtype; receives ∂(τ²·KL)/∂s = τ · (q − p) per token.
+        need_dtau: also return ∂(τ²·KL)/∂τ per token.
+
+    Returns:
+        (kl, dtau): (n,) KL per token (not yet τ²-scaled) and (n,) ∂(τ²·KL)/∂τ, or None.
+
+    With log q = log_softmax(s/τ), log p = log_softmax(t/τ) and d = log p − log q:
         KL   = E_p[d]
-        ∂/∂τ = τ · (2·KL − (E_q[log q] − E_p[log q]) − Cov_p(log p, d))
-             = τ · (KL − E_q[log q] + E_p[log p] − (E_p[d · log p] − E_p[log p] · KL))
+        ∂(τ²KL)/∂τ = τ · (2·KL − (E_q[log q] − E_p[log q]) − Cov_p(log p, d))
+                   = τ · (KL − E_q[log q] + E_p[log p] − (E_p[d · log p] − E_p[log p] · KL))
+    The τ formula follows from homogeneity: L(cs, ct, cτ) = c²·L(s, t, τ), so τ·∂L/∂τ = 2L − ⟨s, ∂L/∂s⟩ − ⟨t, ∂L/∂t⟩.
     The sums use torch's (pairwise) sum: a matmul-based row dot loses ~1e-3 of the τ-gradient in float32.
+    A new divergence is a new kernel with this signature; ``kd_loss`` and the fused head loss call it per chunk.
     """
     logp, logq, tmp = work[:, :s.shape[0]]  # (n, V) each
     torch.log_softmax(torch.div(t, tau, out=tmp), dim=-1, out=logp)
     torch.log_softmax(torch.div(s, tau, out=tmp), dim=-1, out=logq)
+    if grad_s is not None:  # τ · (q − p), before log q is overwritten below
+        torch.exp(logq, out=grad_s).sub_(torch.exp(logp, out=tmp)).mul_(tau)
     if need_dtau:
         e_p_logp = torch.exp(logp, out=tmp).mul_(logp).sum(-1)  # (n,) −H(p)
         e_q_logq = torch.exp(logq, out=tmp).mul_(logq).sum(-1)  # (n,) −H(q)
@@ -70,7 +83,8 @@ class _ChunkedKD(torch.autograd.Function):
         dtau = torch.empty_like(kl) if need_dtau else None
         work = torch.empty(3, min(cs, N), V, dtype=dtype, device=s.device)
         for i in range(0, N, cs):
-            kl_c, dtau_c = _kd_chunk(s[i:i + cs], t[i:i + cs], tau_tok[i:i + cs, None], work, need_dtau)
+            kl_c, dtau_c = forward_kl_chunk(s[i:i + cs], t[i:i + cs], tau_tok[i:i + cs, None], work,
+                                             need_dtau=need_dtau)
             kl[i:i + cs] = kl_c
             if need_dtau:
                 dtau[i:i + cs] = dtau_c
