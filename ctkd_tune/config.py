@@ -28,6 +28,7 @@ LEARNED_MODES = ("ctkd", "learnable")  # modes whose temperature has parameters 
 GRANULARITIES = ("global", "token")
 SCHEDULE_TYPES = ("cosine", "exp", "linear", "constant")
 TEMPERATURE_OPTIMIZERS = ("sgd", "adamw")
+PRECISIONS = ("auto", "fp32", "bf16")
 
 
 @dataclass
@@ -107,7 +108,10 @@ class TrainConfig:
     checkpoint_every: int = 0
     """Save the full training state every this many steps; 0 saves at every evaluation."""
     device: str = "auto"
-    """`auto` (CUDA with bf16 autocast when available, else CPU float32), `cpu` or `cuda`."""
+    """`auto` (CUDA when available, else CPU), `cpu` or `cuda`."""
+    precision: str = "auto"
+    """Forward passes in `fp32`, or `bf16` (autocast, on CPU too; softmax statistics stay float32); `auto`: bf16 on
+    CUDA, fp32 on CPU."""
     threads: int | None = None
     """CPU threads for torch; None keeps torch's default."""
 
@@ -289,6 +293,7 @@ def validate(cfg: Config) -> None:
         if not getattr(tr, name) >= 0:
             raise ConfigError(f"train.{name} must be >= 0, got {getattr(tr, name)}")
     _choice("train.device", tr.device, ("auto", "cpu", "cuda"))
+    _choice("train.precision", tr.precision, PRECISIONS)
     for name in ("kd_weight", "ce_weight", "align_weight"):
         if not getattr(lo, name) >= 0:
             raise ConfigError(f"loss.{name} must be >= 0, got {getattr(lo, name)}")

@@ -50,6 +50,7 @@ def test_flat_uses_dotted_names():
     ("train.stepz=10", "train.stepz"),
     ("optimizer.lr=1", "optimizer"),
     ("data.val_fraction=1.5", "data.val_fraction"),
+    ("train.precision=fp16", "train.precision"),
 ])
 def test_invalid_values_name_the_field(override, field):
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):

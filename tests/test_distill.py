@@ -175,3 +175,27 @@ def test_kd_loss_falls_and_checks_pass_on_a_healthy_run():
     assert checks["kd_loss_falling"]["passed"] and checks["lambda_at_max@100%"]["passed"]
     assert checks["lambda_zero_in_warmup@10%"]["passed"]
     assert checks["ppl@100%"]["value"] < checks["ppl@10%"]["value"]
+
+
+def test_precision_auto_is_fp32_on_cpu_and_bf16_runs_on_cpu_with_finite_close_losses():
+    runs = {p: distill(tiny("train.steps=12", "train.eval_every=6", f"train.precision={p}"), **QUIET).history
+            for p in ("auto", "fp32", "bf16")}
+    strip = lambda h: [{k: v for k, v in r.items() if k != "train/tokens_per_s"} for r in h]  # noqa: E731
+    assert strip(runs["auto"]) == strip(runs["fp32"])  # on CPU, auto is float32: every number unchanged
+    bf16, fp32 = runs["bf16"], runs["fp32"]
+    assert all(math.isfinite(v) for row in bf16 for v in row.values())
+    # bf16 autocast really ran (the first step's loss differs in its low digits), and it stays close to float32.
+    assert bf16[0]["train/loss"] != fp32[0]["train/loss"]
+    assert bf16[0]["train/loss"] == pytest.approx(fp32[0]["train/loss"], rel=0.02)
+    assert bf16[-1]["val/ppl"] == pytest.approx(fp32[-1]["val/ppl"], rel=0.1)
+
+
+def test_bf16_autocasts_the_forward_passes_on_cpu():
+    from ctkd_tune.distill import autocast_for
+
+    layer = torch.nn.Linear(4, 4)
+    with autocast_for("bf16", torch.device("cpu"))():
+        assert layer(torch.ones(2, 4)).dtype == torch.bfloat16
+    for precision in ("auto", "fp32"):
+        with autocast_for(precision, torch.device("cpu"))():
+            assert layer(torch.ones(2, 4)).dtype == torch.float32
