@@ -35,7 +35,7 @@ def forward_kl_chunk(s, t, tau, work, grad_s=None, need_dtau=False):
     Args:
         s, t: (n, V) student and teacher logits (any float dtype; upcast into ``work``).
         tau: (n, 1) temperature per token (float32 or float64, the dtype of ``work``).
-        work: (3, ≥n, V) scratch in the compute dtype, reused from chunk to chunk (fresh allocations page-fault,
+        work: (≥3, ≥n, V) scratch in the compute dtype, reused from chunk to chunk (fresh allocations page-fault,
             and that dominates on CPU). Its contents are destroyed.
         grad_s: optional (n, V) buffer in the compute dtype; receives ∂(τ²·KL)/∂s = τ · (q − p) per token.
         need_dtau: also return ∂(τ²·KL)/∂τ per token.
@@ -49,9 +49,10 @@ def forward_kl_chunk(s, t, tau, work, grad_s=None, need_dtau=False):
                    = τ · (KL − E_q[log q] + E_p[log p] − (E_p[d · log p] − E_p[log p] · KL))
     The τ formula follows from homogeneity: L(cs, ct, cτ) = c²·L(s, t, τ), so τ·∂L/∂τ = 2L − ⟨s, ∂L/∂s⟩ − ⟨t, ∂L/∂t⟩.
     The sums use torch's (pairwise) sum: a matmul-based row dot loses ~1e-3 of the τ-gradient in float32.
-    A new divergence is a new kernel with this signature; ``kd_loss`` and the fused head loss call it per chunk.
+    A new divergence is a new kernel with this signature (in DIVERGENCES; WORK_BUFFERS says how many scratch buffers
+    it wants); ``kd_loss`` and the fused head loss call it per chunk.
     """
-    logp, logq, tmp = work[:, :s.shape[0]]  # (n, V) each
+    logp, logq, tmp = work[:3, :s.shape[0]]  # (n, V) each
     torch.log_softmax(torch.div(t, tau, out=tmp), dim=-1, out=logp)
     torch.log_softmax(torch.div(s, tau, out=tmp), dim=-1, out=logq)
     if grad_s is not None:  # τ · (q − p), before log q is overwritten below
