@@ -206,7 +206,8 @@ def distill(cfg: Config, report: Report = print_report, *, setup: Setup | None =
         tau = temperature(i, lam, student_out.logits, teacher_out.logits)  # () or (B*T,)
 
         # 3. loss
-        kd = kd_loss(student_out.logits, teacher_out.logits, tau, chunk_size=cfg.loss.chunk_size)
+        kd = kd_loss(student_out.logits, teacher_out.logits, tau, chunk_size=cfg.loss.chunk_size,
+                     divergence=cfg.loss.divergence, alpha=cfg.loss.skew_alpha, beta=cfg.loss.jsd_beta)
         ce = F.cross_entropy(student_out.logits.flatten(0, 1).float(), y.flatten())
         loss = cfg.loss.kd_weight * kd + cfg.loss.ce_weight * ce
         if align is not None:
