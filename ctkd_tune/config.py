@@ -128,7 +128,7 @@ class LossConfig:
     """The blend of the distillation loss, the cross-entropy and the optional hidden-state alignment."""
 
     kd_weight: float = 0.5
-    """Weight of the temperature-scaled KD loss τ²·KL(teacher ‖ student)."""
+    """Weight of the temperature-scaled KD loss τ²·D(teacher, student), D = `divergence` (forward KL by default)."""
     ce_weight: float = 0.5
     """Weight of the next-token cross-entropy on the data."""
     align_weight: float = 0.0
