@@ -20,8 +20,9 @@ from typing import Any
 from ctkd_tune.config import Config
 
 CHECK_FRACTIONS = {"10%": 0.10, "33%": 0.33, "100%": 1.0}
-LATE_PACE = 0.5
-"""Drift: over the last quarter of the run the temperature still moves at ≥ this fraction of its average pace."""
+LATE_PACE = 0.2
+"""Drift: over the last quarter of the run the temperature still moves on at ≥ this fraction of its average pace
+(a bounded temperature slows down as it nears its bound, so "still moving" cannot ask for full pace)."""
 LEARNED = ("ctkd", "learnable")
 
 
@@ -51,27 +52,29 @@ def drift_shares(history: list[dict[str, Any]], cfg: Config) -> tuple[float, flo
     """(moved, late): how far the (mean) temperature moved over the whole run and over its last quarter, in log τ,
     signed (+ towards tau_max), as shares of the range log(tau_max / tau_min). None without a learned temperature.
 
-    The run is the logged rows: start = the first, end = the last, and the last quarter starts at the last row at or
-    before 3/4 of the last step (so a run stopped early is judged on the part it ran).
+    The start is tau_init (where every learned temperature starts, at step 0), the end the last logged row; the
+    last quarter starts at the last row at or before 3/4 of the last step. A run stopped early is judged on the part
+    it ran, and a table with only the evaluations (trials.parquet) gives the same answer as the per-step history.
     """
     t = cfg.temperature
     rows = sorted((row["step"], row["ctkd/temperature"]) for row in history if "ctkd/temperature" in row)
-    if t.mode not in LEARNED or len(rows) < 2:
+    if t.mode not in LEARNED or not rows:
         return None
+    rows = [(0, t.tau_init), *rows]
     log_range = math.log(t.tau_max / t.tau_min)
-    quarter = max((r for r in rows if r[0] <= 0.75 * rows[-1][0]), default=rows[0])
+    quarter = max(r for r in rows if r[0] <= 0.75 * rows[-1][0])
     end = math.log(rows[-1][1])
-    return (end - math.log(rows[0][1])) / log_range, (end - math.log(quarter[1])) / log_range
+    return (end - math.log(t.tau_init)) / log_range, (end - math.log(quarter[1])) / log_range
 
 
 def temperature_drift(history: list[dict[str, Any]], cfg: Config) -> bool:
     """True if a learned temperature drifted towards a bound and kept going (shares from `drift_shares`):
         moved  |moved| > checks.drift_share                      (it crossed that share of its range)
-        going  late · sign(moved) ≥ LATE_PACE / 4 · |moved|       (the last quarter moved on the same way, at least
-                                                                   half as fast as the run's average)
+        going  late · sign(moved) ≥ LATE_PACE / 4 · |moved|       (the last quarter moved on the same way, at
+                                                                   least a fifth as fast as the run's average)
     On log τ, because τ scales the logits: 1 → 2 changes the targets as much as 2 → 4. A steady climb puts 1/4 of
-    its move in the last quarter and trips; a τ that rose and then settled does not; a τ parked at a bound is a
-    runaway (`temperature_runaway`).
+    its move in the last quarter and trips; a τ that rose and then settled (its last quarter flat) does not; a τ
+    parked at a bound (moving < 1/20 of its move over the last quarter) is a runaway (`temperature_runaway`).
     """
     shares = drift_shares(history, cfg)
     if shares is None:
