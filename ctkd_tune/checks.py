@@ -8,7 +8,7 @@ At 10%, 33% and 100% of the run:
     than at 10%.
 Temperature runaway: over the last 10% of the run the temperature stays within `runaway_tolerance` of the range
 from one of its bounds — what plain minimisation does, and what CTKD must not do.
-Temperature drift: the temperature moved more than `drift_share` of its range towards a bound and was still moving
+Temperature drift: the temperature moved more than `drift_share` of its (log) range towards a bound and was still moving
 that way over the last quarter of the run — a runaway on its way, before it reaches the bound (`temperature_drift`).
 """
 
@@ -23,7 +23,6 @@ CHECK_FRACTIONS = {"10%": 0.10, "33%": 0.33, "100%": 1.0}
 LATE_PACE = 0.2
 """Drift: over the last quarter of the run the temperature still moves on at ≥ this fraction of its average pace
 (a bounded temperature slows down as it nears its bound, so "still moving" cannot ask for full pace)."""
-LEARNED = ("ctkd", "learnable")
 
 
 def check_steps(total_steps: int) -> dict[str, int]:
@@ -31,14 +30,10 @@ def check_steps(total_steps: int) -> dict[str, int]:
     return {label: max(1, math.ceil(frac * total_steps)) for label, frac in CHECK_FRACTIONS.items()}
 
 
-def warmup_steps(cfg: Config) -> int:
-    return int(cfg.schedule.warmup_ratio * cfg.train.steps)
-
-
 def temperature_runaway(history: list[dict[str, Any]], cfg: Config) -> bool:
     """True if the (mean) temperature hugs a bound over the last 10% of a learned-temperature run."""
     t = cfg.temperature
-    if t.mode not in LEARNED:
+    if not t.learned:
         return False
     tail_start = cfg.train.steps - max(1, cfg.train.steps // 10)
     tail = [row["ctkd/temperature"] for row in history if row["step"] > tail_start and "ctkd/temperature" in row]
@@ -58,7 +53,7 @@ def drift_shares(history: list[dict[str, Any]], cfg: Config) -> tuple[float, flo
     """
     t = cfg.temperature
     rows = sorted((row["step"], row["ctkd/temperature"]) for row in history if "ctkd/temperature" in row)
-    if t.mode not in LEARNED or not rows:
+    if not t.learned or not rows:
         return None
     rows = [(0, t.tau_init), *rows]
     log_range = math.log(t.tau_max / t.tau_min)
@@ -98,12 +93,12 @@ def sanity_checks(history: list[dict[str, Any]], cfg: Config) -> dict[str, dict[
         results[f"ppl@{label}"] = {"passed": row["val/ppl"] < ppl_limits[label], "value": row["val/ppl"],
                                    "limit": ppl_limits[label]}
         lo, hi = row["ctkd/temperature_min"], row["ctkd/temperature_max"]
-        in_bounds = t.mode not in ("ctkd", "learnable") or (t.tau_min - 1e-4 <= lo and hi <= t.tau_max + 1e-4)
+        in_bounds = not t.learned or (t.tau_min - 1e-4 <= lo and hi <= t.tau_max + 1e-4)
         results[f"temperature_in_bounds@{label}"] = {"passed": in_bounds, "value": [lo, hi],
                                                      "limit": [t.tau_min, t.tau_max]}
-        if t.mode == "ctkd":
+        if t.adversarial:
             lam = row["ctkd/lambda"]
-            if step - 1 < warmup_steps(cfg):  # row "step" counts completed updates; λ used 0-based step - 1
+            if step - 1 < s.warmup_steps(cfg.train.steps):  # row "step" counts completed updates; λ used 0-based step - 1
                 results[f"lambda_zero_in_warmup@{label}"] = {"passed": lam == 0.0, "value": lam, "limit": 0.0}
             if label == "100%":
                 ok = abs(lam - s.lambda_max) <= 1e-3 * max(1.0, s.lambda_max)

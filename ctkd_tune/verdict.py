@@ -26,12 +26,12 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
+from ctkd_tune.config import LEARNED_MODES
 from ctkd_tune.stats import MAX_SEEDS, POWER, SPIKE_AFTER, SPIKE_FACTOR, PairedDiff, has_spike, paired_ci, seeds_needed
 
 REFERENCE_ARM = "fallback_A"
 KIND_ORDER = {"search": 0, "fallback": 1, "ablation": 2}
 RUN_COLUMNS = ("arm", "kind", "seed", "status", "final_val_ppl", "checks_passed", "spike", "runaway")
-LEARNED_MODES = ("ctkd", "learnable")
 DRIFT_CHECK = "no_temperature_drift"
 FINAL_CHECK = "ppl@100%"
 FROZEN_TAU_RANGE = 0.05
