@@ -8,8 +8,9 @@ At 10%, 33% and 100% of the run:
     than at 10%.
 Temperature runaway: over the last 10% of the run the temperature stays within `runaway_tolerance` of the range
 from one of its bounds — what plain minimisation does, and what CTKD must not do.
-Temperature drift: the temperature moved more than `drift_share` of its (log) range towards a bound and was still moving
-that way over the last quarter of the run — a runaway on its way, before it reaches the bound (`temperature_drift`).
+Temperature drift: the temperature moved more than `drift_share` of its (log) range towards a bound and was still
+moving that way over the last quarter of the run — a runaway on its way, before it reaches the bound
+(`temperature_drift`).
 """
 
 from __future__ import annotations

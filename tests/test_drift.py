@@ -1,8 +1,9 @@
 """The temperature drift check (`checks.temperature_drift`): constructed histories, real tiny runs, and where it is
 recorded (summary.json's checks, trials.parquet, the validation's run rows).
 
-Drift, on log τ as shares of log(tau_max / tau_min): the run moved more than checks.drift_share (0.5) from its start
-(tau_init) to its last logged temperature, and over the last quarter it still moved the same way at ≥ 1/5 of its average pace.
+Drift, on log τ as shares of log(tau_max / tau_min): the run moved more than checks.drift_share (0.5) from its
+start (tau_init) to its last logged temperature, and over the last quarter it still moved the same way at ≥ 1/5 of
+its average pace.
 """
 
 import math

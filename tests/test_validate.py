@@ -126,7 +126,8 @@ def runs_table(ppl_by_arm, *, failed_checks=(), spikes=(), diverged=(), frozen=(
         kind = "search" if arm.startswith("trial-") else "ablation" if arm == "learnable" else "fallback"
         for seed, ppl in enumerate(ppls, start=1):
             bad = (arm, seed) in diverged
-            rows.append({"arm": arm, "kind": kind, "label": arm, "seed": seed, "temperature.mode": MODES.get(arm, "ctkd"),
+            rows.append({"arm": arm, "kind": kind, "label": arm, "seed": seed,
+                         "temperature.mode": MODES.get(arm, "ctkd"),
                          "status": "diverged" if bad else "completed", "final_val_ppl": None if bad else ppl,
                          "checks_passed": (arm, seed) not in failed_checks, "spike": (arm, seed) in spikes,
                          "runaway": False, "drift": (arm, seed) in drift, "tau_start": 2.0, "tau_mid": 2.5,
@@ -238,8 +239,8 @@ def test_verdict_wording_clear_win_tie_clear_loss_and_drift():
     assert "fallback_B is worse than fallback A: +9.33 val/ppl, 95% CI [+6.46, +12.20] (paired by seed, 3 seeds, " \
         "sd 1.15)." in lines
     assert ("learnable ties with fallback A, within noise: -2.00 val/ppl, 95% CI [-4.48, +0.48] (paired by seed, 3 "
-            "seeds, sd 1.00); a tie: 3 seeds would have resolved a 2% difference (6.02 val/ppl) with 80% power, so the true "
-            "difference is likely smaller.") in lines
+            "seeds, sd 1.00); a tie: 3 seeds would have resolved a 2% difference (6.02 val/ppl) with 80% power, so "
+            "the true difference is likely smaller.") in lines
     assert not any(line.startswith("fallback_A ") for line in lines)  # the reference is not compared with itself
     arms = verdict.arms.set_index("arm")
     assert arms.loc["trial-7", "seeds_needed"] == 5 == seeds_needed(3.0, 6.02)
@@ -403,8 +404,8 @@ def test_validate_help_lists_the_flags(capsys):
     with pytest.raises(SystemExit):
         main(["validate", "--help"])
     out = capsys.readouterr().out
-    for flag in ("--experiment", "--top-k", "--seeds", "--ppl-target", "--target-vs", "--resume", "--cpus-per-run",
-                 "--steps"):
+    for flag in ("--experiment", "--top-k", "--seeds", "--ppl-target", "--target-vs", "--resume", "--resolve",
+                 "--cpus-per-run", "--steps"):
         assert flag in out
 
 
