@@ -27,6 +27,7 @@ Written to results/NAME/ (atomically, after every finished run, so an interrupti
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -152,13 +153,13 @@ def more_seeds(planned: list[int], count: int) -> list[int]:
 
 def parse_resolve(text: str) -> Resolve:
     """`--resolve`: "2%" (of fallback A's mean val/ppl) or "5" (val/ppl), > 0 (a share below 100%)."""
-    number = text.strip()[:-1] if text.strip().endswith("%") else text.strip()
+    text = text.strip()
+    relative = text.endswith("%")
     try:
-        value = float(number)
+        value = float(text[:-1] if relative else text)
     except ValueError:
-        value = float("nan")
-    relative = text.strip().endswith("%")
-    if not (value > 0 and value < (100 if relative else float("inf"))):
+        value = math.nan
+    if not 0 < value < (100 if relative else math.inf):
         raise ConfigError(f"--resolve must be a positive val/ppl difference (5) or a share of fallback A's mean "
                           f"below 100% (2%), got {text!r}")
     return Resolve(value, relative)
