@@ -197,7 +197,8 @@ def one_run(args, arm: str, steps: int) -> dict:
 
 
 def _ratio_line(name: str, values: list[float]) -> str:
-    return f"{name}: min {min(values):.2f}x, median {statistics.median(values):.2f}x  ({', '.join(f'{v:.2f}' for v in values)})"
+    each = ", ".join(f"{v:.2f}" for v in values)
+    return f"{name}: min {min(values):.2f}x, median {statistics.median(values):.2f}x  ({each})"
 
 
 def main() -> int:
@@ -205,8 +206,8 @@ def main() -> int:
     parser.add_argument("--mode", choices=("step", "trial", "both"), default="both")
     parser.add_argument("--preset", default="shakespeare")
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="extra config overrides")
-    parser.add_argument("--long", type=int, default=24, help="steps of the long run (per-step measurement)")
-    parser.add_argument("--short", type=int, default=4, help="steps of the short run (per-step measurement)")
+    parser.add_argument("--long", type=int, default=14, help="steps of the long run (per-step measurement)")
+    parser.add_argument("--short", type=int, default=2, help="steps of the short run (per-step measurement)")
     parser.add_argument("--trial-steps", type=int, default=150)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)

@@ -1,6 +1,6 @@
 """Profile one default-search trial: where its wall time goes, phase by phase, outside and inside the training steps.
 
-    python benchmarks/profile_trial.py                         # the default search's first trial (shakespeare, 150 steps)
+    python benchmarks/profile_trial.py           # the default search's first trial (shakespeare, 150 steps)
     python benchmarks/profile_trial.py --preset tiny --set train.steps=60 --repeats 2
 
 One trial as `trainables/distill_trainable.py` runs it, without Ray: `prepare` then `distill` with a checkpoint at
@@ -75,7 +75,6 @@ def profile_once(args) -> dict:
 
     timer = Timer()
     loop = importlib.import_module("ctkd_tune.distill")  # the module (the package exports a function of that name)
-    from ctkd_tune import teacher_states
     from ctkd_tune.config import load_config
     from search_spaces import trial_config
 
@@ -142,7 +141,8 @@ def profile_once(args) -> dict:
             "steps: forward + loss", "evaluation: teacher", "evaluation: student", "checkpoint",
             "checkpoint upload", "report", "summary"))
         s["total"] = now - (STARTED if clock == "wall" else 0.0)
-    return {"seconds": dict(timer.seconds), "cpu_seconds": dict(timer.cpu), "steps": len(result.history), "final_val_ppl": result.summary["final_val_ppl"],
+    return {"seconds": dict(timer.seconds), "cpu_seconds": dict(timer.cpu), "steps": len(result.history),
+            "final_val_ppl": result.summary["final_val_ppl"],
             "evaluations": sum("val/ppl" in row for row in result.history), "threads": torch.get_num_threads()}
 
 
