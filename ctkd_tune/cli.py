@@ -207,6 +207,12 @@ def main(argv: list[str] | None = None) -> int:
         message = str(err).splitlines()[0] if str(err) else type(err).__name__
         print(f"ctkd-tune: error: {message}", file=sys.stderr)
         return 2
+    except OSError as err:  # a full disk, a read-only folder: name the path; what was written before is intact
+        if os.environ.get("CTKD_TUNE_DEBUG"):
+            raise
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"ctkd-tune: error: {where}{err.strerror or err}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("ctkd-tune: interrupted (resume with --resume)", file=sys.stderr)
         return 130

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -210,6 +211,9 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 def validate(cfg: Config) -> None:
     """Raise ConfigError naming the first impossible field."""
+    for name, value in cfg.flat().items():  # inf and nan pass every comparison below as written: refuse them first
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{name} must be a finite number, got {value}")
     t, s, tr, lo, d = cfg.temperature, cfg.schedule, cfg.train, cfg.loss, cfg.data
     _choice("temperature.mode", t.mode, TEMPERATURE_MODES)
     _choice("temperature.granularity", t.granularity, GRANULARITIES)

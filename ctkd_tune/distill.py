@@ -31,8 +31,8 @@ from ctkd_tune.config import Config, ConfigError
 from ctkd_tune.ctkd import lambda_at
 from ctkd_tune.losses import kd_loss
 from ctkd_tune.data import TokenData, eval_batches, get_batch, load_tokens, resolve_source, split_tokens
-from ctkd_tune.models import Teacher, check_model_paths, check_same_vocabulary, load_student, load_teacher, \
-    resolve_device
+from ctkd_tune.models import Teacher, check_context, check_model_paths, check_same_vocabulary, load_student, \
+    load_teacher, resolve_device
 from ctkd_tune.teacher_states import TeacherStates
 from ctkd_tune.temperature import Temperature, temperature_stats
 
@@ -76,6 +76,7 @@ def prepare(cfg: Config) -> Setup:
     init_seed = cfg.train.seed if cfg.train.init_seed is None else cfg.train.init_seed
     student = load_student(cfg.model, teacher_model, tokenizer, device, seed=init_seed)
     check_same_vocabulary(tokenizer, None, teacher_model, student)
+    check_context(cfg.data.block_size, teacher=teacher_model, student=student)
     teacher = Teacher(teacher_model, with_hidden=cfg.loss.align_weight > 0)
     return Setup(teacher, student, tokenizer, data, device)
 

@@ -111,3 +111,33 @@ def worker_setup(cfg: Config) -> Config:
     cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
     torch.set_num_threads(cfg.train.threads or max(1, int(cpus)))
     return cfg
+
+
+def check_local_resources(cpus_per_trial: float, gpus_per_trial: float) -> None:
+    """A local search: the request against this machine, before Ray starts (a cluster is checked once joined)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if cpus_per_trial > cpus:
+        raise ConfigError(f"--cpus-per-trial must be in (0, {cpus}] (this machine's CPUs), got {cpus_per_trial:g}")
+    if gpus_per_trial > 0:
+        import torch
+
+        gpus = torch.cuda.device_count()
+        if gpus_per_trial > gpus:
+            raise ConfigError(f"--gpus-per-trial {gpus_per_trial:g} but this machine has {gpus} GPUs")
+
+
+def trials_that_fit(cpus_per_trial: float, gpus_per_trial: float) -> int:
+    """How many trials the joined cluster runs at once; ConfigError if not even one fits."""
+    import ray
+
+    resources = ray.cluster_resources()
+    cpus = resources.get("CPU", 1.0)
+    if cpus_per_trial <= 0 or cpus_per_trial > cpus:
+        raise ConfigError(f"--cpus-per-trial must be in (0, {cpus:g}] (the cluster's CPUs), got {cpus_per_trial}")
+    limit = int(cpus // cpus_per_trial)
+    if gpus_per_trial > 0:
+        gpus = resources.get("GPU", 0.0)
+        if gpus_per_trial > gpus:
+            raise ConfigError(f"--gpus-per-trial {gpus_per_trial} but the cluster has {gpus:g} GPUs")
+        limit = min(limit, int(gpus // gpus_per_trial))
+    return max(1, limit)

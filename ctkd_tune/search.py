@@ -22,18 +22,15 @@ last checkpoint, the tables are written, exit 130); `--resume` reconciles the st
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import shutil
 import signal
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import optuna
-import ray
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import ConcurrencyLimiter
@@ -41,8 +38,10 @@ from ray.tune.search import ConcurrencyLimiter
 from ctkd_tune.config import Config, ConfigError, from_dict
 from ctkd_tune.io import atomic_write_json
 from ctkd_tune.lock import experiment_lock
-from ctkd_tune.results import (OPTUNA_TRIAL_KEY, TrialRecord, build_tables, record_from_dir, record_from_result,
-                               summary_table, write_best_config, write_tables)
+from ctkd_tune.raycluster import check_local_resources, trials_that_fit
+from ctkd_tune.search_folder import (SearchResult, any_unfinished, check_no_unfinished_trials, final_tables,
+                                     live_record, open_storage, ray_storage, read_state, rebuild_tables,
+                                     study_is_empty, tables_readable, write_search_tables)
 from ctkd_tune.searcher import CTKDOptunaSearch, DivergenceStopper, TableWriter, fail_orphans
 
 # The default search (no --config/--preset): the Shakespeare preset at 150 steps, 8 trials, 2 at a time on 2 CPU
@@ -100,15 +99,6 @@ class SearchSettings:
     """Ray Tune's verbosity (0 silent, 1 the progress table)."""
 
 
-@dataclass
-class SearchResult:
-    directory: Path
-    trials: Any  # pandas DataFrame, as in trials.parquet
-    curves: Any
-    best_config: Path | None
-    interrupted: bool
-
-
 def run_search(base_cfg: Config | None, settings: SearchSettings | None = None, *, resume: bool = False,
                rebuild_tables: bool = False) -> SearchResult:
     """Run (or extend, or resume) the search `settings.name`; returns its tables. See the module docstring.
@@ -124,7 +114,7 @@ def run_search(base_cfg: Config | None, settings: SearchSettings | None = None, 
     _check_settings(s)
     directory = Path(s.results_root).resolve() / s.name
     state_file = directory / "search.json"
-    state = _read_state(state_file) if state_file.is_file() else None
+    state = read_state(state_file) if state_file.is_file() else None
     if rebuild_tables or resume:
         if state is None:
             raise ConfigError(f"--{'resume' if resume else 'rebuild-tables'}: no search named {s.name!r} in "
@@ -132,7 +122,7 @@ def run_search(base_cfg: Config | None, settings: SearchSettings | None = None, 
         base_cfg, space, params = from_dict(state["base"]), state["space"], state["settings"]
         if rebuild_tables:
             with experiment_lock(directory, "search --rebuild-tables"):
-                return _rebuild_tables(directory, state, _storage_of(directory))
+                return rebuild_tables(directory, state, open_storage(directory))
     else:
         if state is not None:  # adding trials: the experiment's own base config and space unless given
             base_cfg = base_cfg or from_dict(state["base"])
@@ -152,37 +142,42 @@ def run_search(base_cfg: Config | None, settings: SearchSettings | None = None, 
     space_fn = load_space(space or DEFAULT_SPACE)  # a file-based space must be importable to unpickle the searcher
     address = s.address or os.environ.get("RAY_ADDRESS")
     if not address:
-        _check_local_resources(params["cpus_per_trial"], params["gpus_per_trial"])  # before Ray starts
+        check_local_resources(params["cpus_per_trial"], params["gpus_per_trial"])  # before Ray starts
     if state is not None:
-        _storage_of(directory)  # a damaged optuna.db is an error before Ray starts
+        open_storage(directory)  # a damaged optuna.db is an error before Ray starts
     os.environ["RAY_CHDIR_TO_TRIAL_DIR"] = "0"
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the classic table, with our parameter columns
     # num_to_keep forces an experiment snapshot every 2 checkpoints (so a resume never points at a deleted one);
     # that is intended here, not a bottleneck worth a warning per snapshot
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    started = _init_ray(address, s.dashboard_host)  # an unreachable cluster fails here, before anything is written
     stopped: list[str] = []
-    try:
-        limit = s.max_concurrent or _resource_limit(params["cpus_per_trial"], params["gpus_per_trial"])
-        with experiment_lock(directory, "search"), _stop_on_signals(stopped):
-            storage = _storage_of(directory)
+    with ExitStack() as held:
+        if state is not None:  # a second driver is refused before Ray starts
+            held.enter_context(experiment_lock(directory, "search"))
+        started = _init_ray(address, s.dashboard_host)  # an unreachable cluster fails here, before anything is written
+        held.callback(_disconnect, started, directory)
+        limit = s.max_concurrent or trials_that_fit(params["cpus_per_trial"], params["gpus_per_trial"])
+        if state is None:
+            held.enter_context(experiment_lock(directory, "search"))
+        with _stop_on_signals(stopped):
+            storage = open_storage(directory)
             runs = state["runs"] if state else []
             if not resume:
-                _check_no_unfinished_trials(storage, s.name)
+                check_no_unfinished_trials(storage, s.name)
                 _prepare_shared(base_cfg)  # built once, before trials could race for them
                 runs = runs + [{"name": f"{s.name}-run{len(runs) + 1}",
-                                "storage_path": _storage(s.storage_path, directory),
+                                "storage_path": ray_storage(s.storage_path, directory),
                                 "num_samples": s.num_samples or DEFAULT_NUM_SAMPLES}]
                 atomic_write_json(state_file, {"name": s.name, "base": base_cfg.to_dict(), "space": space or None,
                                                "settings": params, "runs": runs})
-            elif not _tables_readable(directory):
+            elif not tables_readable(directory):
                 print(f"ctkd-tune: {directory}: rebuilding damaged tables from the study and the trial folders")
-                _rebuild_tables(directory, state, storage)
+                rebuild_tables(directory, state, storage)
             run = runs[-1]
             trainable = tune.with_resources(tune.with_parameters(_trainable(), base=base_cfg.to_dict()),
                                             {"cpu": params["cpus_per_trial"], "gpu": params["gpus_per_trial"]})
             experiment = f"{run['storage_path'].rstrip('/')}/{run['name']}"
-            TableWriter.write = lambda trials: _write_tables(directory, [_live_record(t) for t in trials], base_cfg,
+            TableWriter.write = lambda trials: write_search_tables(directory, [live_record(t) for t in trials], base_cfg,
                                                             params, storage, s.name, run["name"], live=True)
             CTKDOptunaSearch.storage_override = storage
             if resume and tune.Tuner.can_restore(experiment):
@@ -197,14 +192,16 @@ def run_search(base_cfg: Config | None, settings: SearchSettings | None = None, 
                                                                       len(runs), limit, adopt_orphans=resume),
                                    run_config=_run_config(params, run, s.verbose))
             grid = tuner.fit()
-            if not stopped and not _any_unfinished(grid, storage, s.name):
+            if not stopped and not any_unfinished(grid, storage, s.name):
                 fail_orphans(optuna.load_study(study_name=s.name, storage=storage), set())  # none left behind
-            return _write_results(directory, grid, base_cfg, params, storage, s.name, run["name"], bool(stopped))
-    finally:
-        TableWriter.write, CTKDOptunaSearch.storage_override = None, None
-        from ctkd_tune.raycluster import disconnect
+            return final_tables(directory, grid, base_cfg, params, storage, s.name, run["name"], bool(stopped))
 
-        disconnect(started, logs_to=directory / "logs" if directory.is_dir() else None)
+
+def _disconnect(started: bool, directory: Path) -> None:
+    from ctkd_tune.raycluster import disconnect
+
+    TableWriter.write, CTKDOptunaSearch.storage_override = None, None
+    disconnect(started, logs_to=directory / "logs" if directory.is_dir() else None)
 
 
 def _check_settings(s: SearchSettings) -> None:
@@ -257,7 +254,7 @@ def _shared_seeds(cfg: Config) -> Config:
 
 
 def _tune_config(params, storage, name, space_fn, run, run_index, limit, adopt_orphans=False) -> tune.TuneConfig:
-    points = params["points"] if _study_is_empty(storage, name) else []
+    points = params["points"] if study_is_empty(storage, name) else []
     seed = params["seed"] + run_index - 1  # a run that adds trials must not replay the first run's draws
     if params.get("sampler", "tpe") == "random":
         sampler = optuna.samplers.RandomSampler(seed=seed)
@@ -289,83 +286,6 @@ def _run_config(params, run, verbose) -> tune.RunConfig:
                           callbacks=[TableWriter(TABLE_PERIOD_S)])
 
 
-# --- the tables ---------------------------------------------------------------------------------------------------
-
-def _write_tables(directory, records, base_cfg, params, storage, name, run_name, live=False, merge=True):
-    study = optuna.load_study(study_name=name, storage=storage)
-    states = {t.number: t.state.name for t in study.get_trials(deepcopy=False)}
-    trials, curves = build_tables(records, base_cfg.to_dict(), ppl_threshold=params["ppl_threshold"],
-                                  runaway_patience=params["runaway_patience"], optuna_states=states, run=run_name,
-                                  live=live)
-    return write_tables(directory, trials, curves, merge=merge)
-
-
-def _write_results(directory, grid, base_cfg, params, storage, name, run_name, stopped) -> SearchResult:
-    records = [record_from_result(result) for result in grid]
-    trials, curves = _write_tables(directory, records, base_cfg, params, storage, name, run_name)
-    best = write_best_config(directory, trials)
-    interrupted = stopped or (bool(len(trials)) and bool((trials["status"] == "interrupted").any()))
-    print(summary_table(trials, params["params"]))
-    print(f"results: {directory}/trials.parquet, curves.parquet" + (f", {best.name}" if best else ""))
-    if interrupted:
-        print(f"ctkd-tune: search interrupted; continue it with: ctkd-tune search --name {name} --resume"
-              + (f" --results-dir {directory.parent}" if directory.parent != Path("results").resolve() else ""))
-    elif best:
-        print(f"next: ctkd-tune validate --experiment {directory}   (the best trials × fresh seeds next to the "
-              "fallbacks), then ctkd-tune report / export")
-    return SearchResult(directory, trials, curves, best, interrupted)
-
-
-def _live_record(trial) -> TrialRecord:
-    """A running search's Tune trial → TrialRecord, from the files Tune keeps for it on the driver."""
-    record = record_from_dir(trial.local_path, error=trial.status == "ERROR") if trial.local_path else None
-    if record is None:
-        return TrialRecord(dict(trial.config), dict(trial.last_result or {}), [], None, str(trial.path))
-    record.path = str(trial.path)
-    return record
-
-
-def _rebuild_tables(directory: Path, state: dict[str, Any], storage) -> SearchResult:
-    """trials.parquet / curves.parquet from the study and every run's trial folders (params.json, result.json)."""
-    study = optuna.load_study(study_name=state["name"], storage=storage)
-    errored = {t.number for t in study.get_trials(deepcopy=False) if t.user_attrs.get("status") == "error"}
-    base_cfg, params = from_dict(state["base"]), state["settings"]
-    trials, curves = [], []
-    for run in state["runs"]:
-        folder = Path(run["storage_path"]) / run["name"]
-        if "://" in run["storage_path"]:
-            raise ConfigError(f"--rebuild-tables reads the trial folders locally; {run['storage_path']} is remote")
-        records = []
-        for trial_dir in sorted(folder.glob("*/params.json")):
-            config = json.loads(trial_dir.read_text())
-            record = record_from_dir(trial_dir.parent, error=config.get(OPTUNA_TRIAL_KEY) in errored)
-            if record is not None:
-                records.append(record)
-        rows, curve_rows = build_tables(records, base_cfg.to_dict(), ppl_threshold=params["ppl_threshold"],
-                                        runaway_patience=params["runaway_patience"], run=run["name"],
-                                        optuna_states={t.number: t.state.name
-                                                       for t in study.get_trials(deepcopy=False)})
-        trials += rows
-        curves += curve_rows
-    trials, curves = write_tables(directory, trials, curves, merge=False)
-    best = write_best_config(directory, trials)
-    print(f"ctkd-tune: rebuilt {directory}/trials.parquet ({len(trials)} trials) and curves.parquet")
-    interrupted = bool(len(trials)) and bool(trials["status"].isin(["interrupted", "running"]).any())
-    return SearchResult(directory, trials, curves, best, interrupted)
-
-
-def _tables_readable(directory: Path) -> bool:
-    import pyarrow.parquet as pq
-
-    for name in ("trials.parquet", "curves.parquet"):
-        try:
-            if (directory / name).exists():
-                pq.read_metadata(directory / name)
-        except Exception:  # pyarrow raises several types for a truncated or foreign file
-            return False
-    return True
-
-
 # --- helpers -----------------------------------------------------------------------------------------------------
 
 def _trainable():
@@ -374,63 +294,8 @@ def _trainable():
     return train_ctkd
 
 
-def _storage(storage_path: str | None, directory: Path) -> str:
-    """Ray's storage: a URI as given, a local path made absolute, or results/NAME/ray by default."""
-    if not storage_path:
-        return str(directory / "ray")
-    return storage_path if "://" in storage_path else str(Path(storage_path).resolve())
-
-
-def _storage_of(directory: Path):
-    """results/NAME/optuna.db as Optuna storage; a damaged file is a one-line error."""
-    path = directory / "optuna.db"
-    try:
-        storage = optuna.storages.RDBStorage(f"sqlite:///{path}")  # sqlite:////ABS/optuna.db
-        storage.get_all_studies()
-    except Exception as err:  # sqlalchemy's DatabaseError, optuna's version checks, ...
-        raise ConfigError(f"{path}: unreadable Optuna database ({type(err).__name__}); restore it from a copy, "
-                          "or start a new --name") from None
-    return storage
-
-
 def _trial_name(trial) -> str:
     return trial.trial_id
-
-
-def _read_state(path: Path) -> dict[str, Any]:
-    try:
-        state = json.loads(path.read_text())
-        state["base"], state["settings"], state["runs"]  # noqa: B018 (the keys a search needs)
-        return state
-    except (ValueError, KeyError, TypeError) as err:
-        raise ConfigError(f"{path}: not a search state file ({type(err).__name__}: {err})") from None
-
-
-def _study_is_empty(storage, name: str) -> bool:
-    """No trial yet but the ones a dead driver proposed (they are re-attached): the known points still run."""
-    try:
-        trials = optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
-    except KeyError:
-        return True
-    return all(t.state == optuna.trial.TrialState.RUNNING and "status" not in t.user_attrs for t in trials)
-
-
-def _any_unfinished(grid, storage, name: str) -> bool:
-    """Whether a trial of this run still waits for --resume (Tune did not end it)."""
-    numbers = {(r.config or {}).get(OPTUNA_TRIAL_KEY) for r in grid}
-    study = optuna.load_study(study_name=name, storage=storage)
-    return any(not t.state.is_finished() for t in study.get_trials(deepcopy=False) if t.number in numbers)
-
-
-def _check_no_unfinished_trials(storage, name: str) -> None:
-    try:
-        trials = optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
-    except KeyError:
-        return
-    running = [t.number for t in trials if t.state == optuna.trial.TrialState.RUNNING]
-    if running:
-        raise ConfigError(f"search {name!r} has unfinished trials {running}: continue it first with "
-                          f"`ctkd-tune search --name {name} --resume`")
 
 
 def _prepare_shared(cfg: Config) -> None:
@@ -441,33 +306,6 @@ def _prepare_shared(cfg: Config) -> None:
     setup = prepare(cfg)
     build(cfg, setup.teacher, setup.data)
     del setup
-
-
-def _check_local_resources(cpus_per_trial: float, gpus_per_trial: float) -> None:
-    """A local search: the request against this machine, before Ray starts (a cluster is checked once joined)."""
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    if cpus_per_trial > cpus:
-        raise ConfigError(f"--cpus-per-trial must be in (0, {cpus}] (this machine's CPUs), got {cpus_per_trial:g}")
-    if gpus_per_trial > 0:
-        import torch
-
-        gpus = torch.cuda.device_count()
-        if gpus_per_trial > gpus:
-            raise ConfigError(f"--gpus-per-trial {gpus_per_trial:g} but this machine has {gpus} GPUs")
-
-
-def _resource_limit(cpus_per_trial: float, gpus_per_trial: float) -> int:
-    resources = ray.cluster_resources()
-    cpus = resources.get("CPU", 1.0)
-    if cpus_per_trial <= 0 or cpus_per_trial > cpus:
-        raise ConfigError(f"--cpus-per-trial must be in (0, {cpus:g}] (the cluster's CPUs), got {cpus_per_trial}")
-    limit = int(cpus // cpus_per_trial)
-    if gpus_per_trial > 0:
-        gpus = resources.get("GPU", 0.0)
-        if gpus_per_trial > gpus:
-            raise ConfigError(f"--gpus-per-trial {gpus_per_trial} but the cluster has {gpus:g} GPUs")
-        limit = min(limit, int(gpus // gpus_per_trial))
-    return max(1, limit)
 
 
 @contextmanager
