@@ -74,7 +74,7 @@ def cmd_search(args: argparse.Namespace) -> int:
                               storage_path=args.storage_path, results_root=args.results_dir, seed=args.seed,
                               dashboard_host=args.dashboard_host, sampler=args.sampler, scheduler=args.scheduler)
     result = run_search(cfg, settings, resume=args.resume, rebuild_tables=args.rebuild_tables)
-    return 130 if result.interrupted else 0
+    return 130 if result.interrupted and not args.rebuild_tables else 0
 
 
 def cmd_validate(args: argparse.Namespace) -> int:

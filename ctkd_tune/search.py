@@ -40,7 +40,7 @@ from ctkd_tune.io import atomic_write_json
 from ctkd_tune.lock import experiment_lock
 from ctkd_tune.raycluster import check_local_resources, trials_that_fit
 from ctkd_tune.search_folder import (SearchResult, any_unfinished, check_no_unfinished_trials, final_tables,
-                                     live_record, open_storage, ray_storage, read_state, rebuild_tables,
+                                     live_record, open_storage, ray_storage, read_state, rebuild_search_tables,
                                      study_is_empty, tables_readable, write_search_tables)
 from ctkd_tune.searcher import CTKDOptunaSearch, DivergenceStopper, TableWriter, fail_orphans
 
@@ -122,15 +122,15 @@ def run_search(base_cfg: Config | None, settings: SearchSettings | None = None, 
         base_cfg, space, params = from_dict(state["base"]), state["space"], state["settings"]
         if rebuild_tables:
             with experiment_lock(directory, "search --rebuild-tables"):
-                return rebuild_tables(directory, state, open_storage(directory))
+                return rebuild_search_tables(directory, state, open_storage(directory))
     else:
+        space = s.space
         if state is not None:  # adding trials: the experiment's own base config and space unless given
             base_cfg = base_cfg or from_dict(state["base"])
-            s.space = s.space or state["space"]
+            space = space or state["space"]
         base_cfg = _shared_seeds(base_cfg or base_config())
-        if state is not None and (state["base"] != base_cfg.to_dict() or state["space"] != (s.space or None)):
+        if state is not None and (state["base"] != base_cfg.to_dict() or state["space"] != (space or None)):
             raise ConfigError(f"search {s.name!r} was run with another base config or space; pick a new --name")
-        space = s.space
         info = check_space(load_space(space or DEFAULT_SPACE), base_cfg, space or "default", s.points)
         steps = base_cfg.train.steps
         params = {"params": info.params, "points": info.points,
@@ -172,13 +172,13 @@ def run_search(base_cfg: Config | None, settings: SearchSettings | None = None, 
                                                "settings": params, "runs": runs})
             elif not tables_readable(directory):
                 print(f"ctkd-tune: {directory}: rebuilding damaged tables from the study and the trial folders")
-                rebuild_tables(directory, state, storage)
+                rebuild_search_tables(directory, state, storage)
             run = runs[-1]
             trainable = tune.with_resources(tune.with_parameters(_trainable(), base=base_cfg.to_dict()),
                                             {"cpu": params["cpus_per_trial"], "gpu": params["gpus_per_trial"]})
             experiment = f"{run['storage_path'].rstrip('/')}/{run['name']}"
-            TableWriter.write = lambda trials: write_search_tables(directory, [live_record(t) for t in trials], base_cfg,
-                                                            params, storage, s.name, run["name"], live=True)
+            TableWriter.write = lambda trials: write_search_tables(
+                directory, [live_record(t) for t in trials], base_cfg, params, storage, s.name, run["name"], live=True)
             CTKDOptunaSearch.storage_override = storage
             if resume and tune.Tuner.can_restore(experiment):
                 print(f"ctkd-tune: resuming {experiment}")

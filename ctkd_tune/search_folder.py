@@ -2,11 +2,11 @@
 
     state = read_state(directory / "search.json")     # ConfigError if damaged, or if the folder was renamed
     storage = open_storage(directory)                  # ConfigError if optuna.db is damaged
-    rebuild_tables(directory, state, storage)          # trials/curves.parquet from the study + the trial folders
+    rebuild_search_tables(directory, state, storage)   # trials/curves.parquet from the study + trial folders
 
 The tables are written three ways, all through `results.build_tables`: while the search runs (`live_record` of
 Tune's trials, refreshed by `searcher.TableWriter`), once it ends (`final_tables`, from Ray's ResultGrid), and on
-demand or on a resume that finds them damaged (`rebuild_tables`, from Ray's trial folders on disk).
+demand or on a resume that finds them damaged (`rebuild_search_tables`, from Ray's trial folders on disk).
 """
 
 from __future__ import annotations
@@ -131,7 +131,7 @@ def live_record(trial) -> TrialRecord:
     return record
 
 
-def rebuild_tables(directory: Path, state: dict[str, Any], storage) -> SearchResult:
+def rebuild_search_tables(directory: Path, state: dict[str, Any], storage) -> SearchResult:
     """trials.parquet / curves.parquet from the study and every run's trial folders (params.json, result.json)."""
     study = optuna.load_study(study_name=state["name"], storage=storage)
     errored = {t.number for t in study.get_trials(deepcopy=False) if t.user_attrs.get("status") == "error"}

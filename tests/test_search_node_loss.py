@@ -20,7 +20,7 @@ import sqlalchemy.exc
 
 pytest.importorskip("ray")
 
-DEADLINE_S = 300
+DEADLINE_S = 600  # generous: the CI machine may be shared
 
 
 def _study(directory):
@@ -50,7 +50,9 @@ def test_a_lost_node_retries_the_trial_on_another_from_its_checkpoint(tmp_path):
                 reported = max(trials[0].intermediate_values)
                 break
             time.sleep(0.2)
-        assert reported is not None, "the trial never reported twice before it ended"
+        if reported is None:
+            driver.kill()
+            pytest.fail(f"the trial never reported twice before it ended: {driver.communicate()[0][-3000:]}")
         cluster.add_node(num_cpus=1)  # node B
         cluster.wait_for_nodes()
         cluster.remove_node(node_a, allow_graceful=False)  # the trial's node dies mid-trial
