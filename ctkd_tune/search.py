@@ -39,6 +39,7 @@ from ctkd_tune.config import Config, ConfigError, from_dict
 from ctkd_tune.io import atomic_write_json
 from ctkd_tune.lock import experiment_lock
 from ctkd_tune.raycluster import check_local_resources, trials_that_fit
+from ctkd_tune.results import record_from_result
 from ctkd_tune.search_folder import (SearchResult, any_unfinished, check_no_unfinished_trials, final_tables,
                                      live_record, open_storage, ray_storage, read_state, rebuild_search_tables,
                                      study_is_empty, tables_readable, write_search_tables)
@@ -191,16 +192,20 @@ def run_search(base_cfg: Config | None, settings: SearchSettings | None = None, 
                 tuner = tune.Tuner(trainable, tune_config=_tune_config(params, storage, s.name, space_fn, run,
                                                                       len(runs), limit, adopt_orphans=resume),
                                    run_config=_run_config(params, run, s.verbose))
+            TableWriter.ended = None
             grid = tuner.fit()
-            if not stopped and not any_unfinished(grid, storage, s.name):
+            # Tune's own trials as the run ended; its ResultGrid (read back from storage) is the fallback
+            records = ([live_record(t) for t in TableWriter.ended] if TableWriter.ended is not None else
+                       [record_from_result(result) for result in grid])
+            if not stopped and not any_unfinished(records, storage, s.name):
                 fail_orphans(optuna.load_study(study_name=s.name, storage=storage), set())  # none left behind
-            return final_tables(directory, grid, base_cfg, params, storage, s.name, run["name"], bool(stopped))
+            return final_tables(directory, records, base_cfg, params, storage, s.name, run["name"], bool(stopped))
 
 
 def _disconnect(started: bool, directory: Path) -> None:
     from ctkd_tune.raycluster import disconnect
 
-    TableWriter.write, CTKDOptunaSearch.storage_override = None, None
+    TableWriter.write, TableWriter.ended, CTKDOptunaSearch.storage_override = None, None, None
     disconnect(started, logs_to=directory / "logs" if directory.is_dir() else None)
 
 

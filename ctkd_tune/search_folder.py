@@ -19,7 +19,7 @@ from typing import Any
 import optuna
 
 from ctkd_tune.config import ConfigError, from_dict
-from ctkd_tune.results import (OPTUNA_TRIAL_KEY, TrialRecord, build_tables, record_from_dir, record_from_result,
+from ctkd_tune.results import (OPTUNA_TRIAL_KEY, TrialRecord, build_tables, record_from_dir,
                                summary_table, write_best_config, write_tables)
 
 
@@ -60,9 +60,9 @@ def study_is_empty(storage, name: str) -> bool:
     return all(t.state == optuna.trial.TrialState.RUNNING and "status" not in t.user_attrs for t in trials)
 
 
-def any_unfinished(grid, storage, name: str) -> bool:
+def any_unfinished(records: list[TrialRecord], storage, name: str) -> bool:
     """Whether a trial of this run still waits for --resume (Tune did not end it)."""
-    numbers = {(r.config or {}).get(OPTUNA_TRIAL_KEY) for r in grid}
+    numbers = {(r.config or {}).get(OPTUNA_TRIAL_KEY) for r in records}
     study = optuna.load_study(study_name=name, storage=storage)
     return any(not t.state.is_finished() for t in study.get_trials(deepcopy=False) if t.number in numbers)
 
@@ -106,8 +106,8 @@ def write_search_tables(directory, records, base_cfg, params, storage, name, run
     return write_tables(directory, trials, curves)
 
 
-def final_tables(directory, grid, base_cfg, params, storage, name, run_name, stopped) -> SearchResult:
-    records = [record_from_result(result) for result in grid]
+def final_tables(directory, records, base_cfg, params, storage, name, run_name, stopped) -> SearchResult:
+    """The tables once a run ended, with a summary and what to do next."""
     trials, curves = write_search_tables(directory, records, base_cfg, params, storage, name, run_name)
     best = write_best_config(directory, trials)
     interrupted = stopped or (bool(len(trials)) and bool((trials["status"] == "interrupted").any()))
@@ -123,8 +123,12 @@ def final_tables(directory, grid, base_cfg, params, storage, name, run_name, sto
 
 
 def live_record(trial) -> TrialRecord:
-    """A running search's Tune trial → TrialRecord, from the files Tune keeps for it on the driver."""
-    record = record_from_dir(trial.local_path, error=trial.status == "ERROR") if trial.local_path else None
+    """A Tune trial → TrialRecord, from the files Tune keeps for it: on the driver (fresher while it runs) or in
+    the experiment's storage (the only copy of a trial an earlier driver finished); the one with more reports."""
+    error = trial.status == "ERROR"
+    folders = dict.fromkeys(str(p) for p in (trial.local_path, trial.path) if p and "://" not in str(p))
+    records = [r for r in (record_from_dir(folder, error=error) for folder in folders) if r is not None]
+    record = max(records, key=lambda r: len(r.reports), default=None)
     if record is None:
         return TrialRecord(dict(trial.config), dict(trial.last_result or {}), [], None, str(trial.path))
     record.path = str(trial.path)

@@ -149,6 +149,8 @@ class TableWriter(tune.Callback):
     experiment: the writing function is the driver's (`TableWriter.write`, set by each driver before `fit`)."""
 
     write: Callable[[list], None] | None = None
+    ended: list | None = None
+    """Tune's trials when the experiment ended (finished or interrupted): what the final tables are built from."""
 
     def __init__(self, period: float = 60.0):
         self.period, self.due, self.last = period, False, time.monotonic()
@@ -158,6 +160,9 @@ class TableWriter(tune.Callback):
 
     def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
         self.due = True
+
+    def on_experiment_end(self, trials: list, **info) -> None:
+        TableWriter.ended = list(trials)
 
     def on_step_end(self, iteration: int, trials: list, **info) -> None:
         if TableWriter.write is not None and (self.due or time.monotonic() - self.last >= self.period):
