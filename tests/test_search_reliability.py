@@ -308,7 +308,7 @@ def test_sigterm_stops_like_ctrl_c_and_resume_completes(ray_cluster, tmp_path):
                                "--num-samples", "3", "--max-concurrent", "1", "--address", ray_cluster,
                                "--results-dir", str(tmp_path), *_sets(LONG)],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    _wait_for(lambda: (exp / "trials.parquet").exists() and any(
+    _wait_for(lambda: (pd.read_parquet(exp / "trials.parquet")["status"] == "completed").any() and any(
         t.state.name == "RUNNING" and t.intermediate_values for t in _study(exp).get_trials(deepcopy=False)),
         driver, "a finished trial and a running one")
     driver.send_signal(signal.SIGTERM)
