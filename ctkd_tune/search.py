@@ -252,9 +252,7 @@ def base_config(path: str | None = None, preset: str | None = None, overrides: l
 def _shared_seeds(cfg: Config) -> Config:
     """All trials see the same batches and start from the same student: they differ only by their params."""
     data = cfg.to_dict()
-    for key in ("data_seed", "init_seed"):
-        if data["train"][key] is None:
-            data["train"][key] = data["train"]["seed"]
+    data["train"].update(data_seed=cfg.train.resolved_data_seed, init_seed=cfg.train.resolved_init_seed)
     return from_dict(data)
 
 
