@@ -109,8 +109,10 @@ class CTKDOptunaSearch(OptunaSearch):
 
 
 def orphans(study, live: set[int]) -> list:
-    """The study's unfinished trials that are not among `live` (the numbers of trials Tune will run)."""
-    return [t for t in study.get_trials(deepcopy=False, states=UNFINISHED) if t.number not in live]
+    """The study's RUNNING trials that are not among `live` (the numbers of trials Tune will run). WAITING trials
+    are known points not yet asked for: they stay queued."""
+    running = (optuna.trial.TrialState.RUNNING,)
+    return [t for t in study.get_trials(deepcopy=False, states=running) if t.number not in live]
 
 
 def fail_orphans(study, live: set[int]) -> list[int]:

@@ -20,7 +20,7 @@ import sqlalchemy.exc
 
 pytest.importorskip("ray")
 
-DEADLINE_S = 600  # generous: the CI machine may be shared
+DEADLINE_S = 900  # generous: the CI machine may be shared
 
 
 def _study(directory):

@@ -32,7 +32,7 @@ from test_validate import fabricate_experiment
 ray = pytest.importorskip("ray")
 
 REPO = Path(__file__).resolve().parent.parent
-DEADLINE_S = 300
+DEADLINE_S = 900  # generous: on a shared 2-core machine a trial's first report can take minutes
 # trials of a few seconds each (tiny model, 300 steps), an evaluation every 20 steps: wide windows to kill in
 LONG = ["train.steps=300", "train.eval_every=20", "train.eval_batches=1"]
 
