@@ -254,9 +254,6 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 def validate(cfg: Config) -> None:
     """Raise ConfigError naming the first impossible field."""
-    for name, value in cfg.flat().items():  # inf and nan pass every comparison below as written: refuse them first
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ConfigError(f"{name} must be a finite number, got {value}")
     t, s, tr, lo, d = cfg.temperature, cfg.schedule, cfg.train, cfg.loss, cfg.data
     _choice("temperature.mode", t.mode, TEMPERATURE_MODES)
     _choice("temperature.granularity", t.granularity, GRANULARITIES)
@@ -313,6 +310,9 @@ def validate(cfg: Config) -> None:
         raise ConfigError("checks.* must be positive (runaway_tolerance in [0, 0.5))")
     if not 0 < c.drift_share <= 1:
         raise ConfigError(f"checks.drift_share must be in (0, 1], got {c.drift_share}")
+    for name, value in cfg.flat().items():  # inf (and nan) pass some of the comparisons above: refuse them here
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{name} must be a finite number, got {value}")
 
 
 def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:

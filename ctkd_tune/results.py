@@ -114,16 +114,18 @@ def record_from_dir(path: str | Path, error: bool = False) -> TrialRecord | None
     return TrialRecord(config, reports[-1] if reports else {}, reports, message, str(path))
 
 
-def build_tables(records: Iterable[TrialRecord], base: dict[str, Any], *, ppl_threshold: float,
+def build_tables(records: Iterable[Any], base: dict[str, Any], *, ppl_threshold: float,
                  runaway_patience: int, optuna_states: dict[int, str] | None = None, run: str = "",
                  live: bool = False) -> tuple[list[dict], list[dict]]:
-    """Trial records → (trial rows, curve rows). A trial the study holds as unfinished is "running" while the
+    """Trial records (or Ray Tune Results) → (trial rows, curve rows). A trial the study holds as unfinished is "running" while the
     search runs (`live`), else "interrupted"."""
     from ctkd_tune.spaces import trial_config
 
     optuna_states = optuna_states or {}
     trials, curves = [], []
     for record in records:
+        if not isinstance(record, TrialRecord):  # a ray.tune.Result
+            record = record_from_result(record)
         params = dict(record.config or {})
         number = params.pop(OPTUNA_TRIAL_KEY, None)
         last = dict(record.metrics or {})

@@ -80,7 +80,7 @@ def _one_line_error(capsys, code, expected_code=2) -> str:
     (["--set", "schedule.lambda_max=inf"], "schedule.lambda_max must be a finite number, got inf"),
     (["--set", "temperature.lr=inf"], "temperature.lr must be a finite number, got inf"),
     (["--set", "temperature.tau_max=.inf"], "temperature.tau_max must be a finite number"),
-    (["--set", "train.lr=nan"], "train.lr must be a finite number, got nan"),
+    (["--set", "train.lr=nan"], "train.lr must be > 0, got nan"),
     (["--cpus-per-trial", "1000"], "--cpus-per-trial must be in (0, "),
     (["--gpus-per-trial", "64"], "--gpus-per-trial 64 but this machine has"),
     (["--cpus-per-trial", "inf"], "--cpus-per-trial must be a finite number > 0"),
