@@ -61,7 +61,8 @@ def test_a_lost_node_retries_the_trial_on_another_from_its_checkpoint(tmp_path):
     finally:
         cluster.shutdown()
     study = _study(exp)
-    assert len(study.trials) == 1 and study.trials[0].state.name == "COMPLETE"  # recorded once
+    ran = [t for t in study.trials if t.state.name != "WAITING"]  # fallback C stays queued: 1 sample only
+    assert len(ran) == 1 and ran[0].state.name == "COMPLETE"  # recorded once
     trials, curves = pd.read_parquet(exp / "trials.parquet"), pd.read_parquet(exp / "curves.parquet")
     assert list(trials["status"]) == ["completed"] and trials["steps"].iloc[0] == 1000
     assert curves["step"].is_unique and curves["step"].max() == 1000  # no step twice

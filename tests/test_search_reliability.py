@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -343,8 +344,11 @@ def _listening(pid: int) -> list[tuple[str, int, str]]:
 
 
 def test_a_local_search_listens_on_localhost_only_and_leaves_nothing_behind(tmp_path):
-    scratch_before = set(Path(tempfile.gettempdir()).glob("ctkd-trial-*"))
-    driver = subprocess.Popen([sys.executable, "-c", LOCAL, str(tmp_path)], env={**os.environ, "RAY_ADDRESS": ""},
+    # a temporary folder of its own (short: Ray's socket paths must fit 107 characters), so that other searches
+    # on this machine cannot blur what this one leaves behind
+    private = Path(tempfile.mkdtemp(prefix="ct-", dir="/tmp"))
+    driver = subprocess.Popen([sys.executable, "-c", LOCAL, str(tmp_path)],
+                              env={**os.environ, "RAY_ADDRESS": "", "TMPDIR": str(private)},
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     exp = tmp_path / "l"
     _wait_for(lambda: any(t.intermediate_values for t in _study(exp).get_trials(deepcopy=False)), driver,
@@ -356,7 +360,6 @@ def test_a_local_search_listens_on_localhost_only_and_leaves_nothing_behind(tmp_
     assert all(ip in ("127.0.0.1", "::ffff:127.0.0.1", "::1") for ip, _, _ in sockets), sockets
     trials = pd.read_parquet(exp / "trials.parquet")
     assert (trials["status"] == "pruned").any(), trials["status"].tolist()  # early stops leave no scratch either
-    assert set(Path(tempfile.gettempdir()).glob("ctkd-trial-*")) == scratch_before
-    assert not list(exp.rglob("ctkd-scratch"))
-    sessions = list(Path(tempfile.gettempdir(), "ray").glob(f"session_*_{driver.pid}"))
-    assert sessions == [] and (exp / "logs").is_dir()  # the session folder is gone, its logs kept
+    assert not list(private.glob("ctkd-trial-*")) and not list(exp.rglob("ctkd-scratch"))
+    assert not list(private.glob("ray/session_2*")) and (exp / "logs").is_dir()  # the session is gone, logs kept
+    shutil.rmtree(private, ignore_errors=True)
