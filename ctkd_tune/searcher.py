@@ -17,8 +17,10 @@ creates, so no parameter set is proposed twice; the sampler is reseeded so the s
 from __future__ import annotations
 
 import math
+import shutil
 import time
 import warnings
+from pathlib import Path
 from typing import Any, Callable
 
 import optuna
@@ -159,9 +161,11 @@ class TableWriter(tune.Callback):
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
         self.due = True
+        _remove_scratch(trial)
 
     def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
         self.due = True
+        _remove_scratch(trial)
 
     def on_experiment_end(self, trials: list, **info) -> None:
         TableWriter.ended = list(trials)
@@ -173,6 +177,14 @@ class TableWriter(tune.Callback):
                 TableWriter.write(trials)
             except Exception as err:  # a failed refresh must not stop the search: the final write retries
                 print(f"ctkd-tune: could not refresh the tables: {type(err).__name__}: {err}")
+
+
+def _remove_scratch(trial) -> None:
+    """A trial stopped early (ASHA, divergence) is killed before its own clean-up runs: remove its scratch space
+    (trainables.SCRATCH, inside its trial folder) from here when that folder is on this machine."""
+    for folder in (trial.path, trial.local_path):
+        if folder and "://" not in str(folder):
+            shutil.rmtree(Path(folder) / "ctkd-scratch", ignore_errors=True)
 
 
 def _finite(value: Any) -> bool:
