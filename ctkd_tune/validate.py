@@ -157,16 +157,18 @@ def parse_resolve(text: str) -> Resolve:
 
 def describe(cfg: Config) -> str:
     """A short human label of a configuration's temperature recipe."""
-    t, s = cfg.temperature, cfg.schedule
+    t, s, lo = cfg.temperature, cfg.schedule, cfg.loss
+    divergence = {"forward_kl": "", "reverse_kl": ", reverse KL", "skew_kl": f", skew KL α {lo.skew_alpha:.2g}",
+                  "jsd": f", JSD β {lo.jsd_beta:.2g}"}[lo.divergence]
     if t.mode == "fixed":
-        return f"fixed T={t.fixed_value:g}"
+        return f"fixed T={t.fixed_value:g}{divergence}"
     if t.mode == "anneal":
-        return f"anneal T {t.anneal_start:g}→{t.anneal_end:g}"
+        return f"anneal T {t.anneal_start:g}→{t.anneal_end:g}{divergence}"
     text = f"{t.mode} τ∈[{t.tau_min:.3g}, {t.tau_max:.3g}] init {t.tau_init:.3g}, {t.granularity}"
     if t.mode == "ctkd":
         gamma = f" γ {s.gamma:.3g}" if s.type == "exp" else ""
         text += f", λ_max {s.lambda_max:.3g}, warmup {s.warmup_ratio:.2g}, {s.type}{gamma}"
-    return text
+    return text + divergence
 
 
 def finish(directory: Path, plan: dict[str, Any]) -> ValidationResult:
