@@ -76,7 +76,7 @@ def profile_once(args) -> dict:
     timer = Timer()
     loop = importlib.import_module("ctkd_tune.distill")  # the module (the package exports a function of that name)
     from ctkd_tune.config import load_config
-    from search_spaces import trial_config
+    from ctkd_tune.spaces import trial_config
 
     torch.set_num_threads(args.threads)
     timer.seconds["imports"], timer.cpu["imports"] = time.perf_counter() - STARTED, time.process_time()
