@@ -27,6 +27,8 @@ TEMPERATURE_MODES = ("ctkd", "learnable", "fixed", "anneal")
 GRANULARITIES = ("global", "token")
 SCHEDULE_TYPES = ("cosine", "exp", "linear", "constant")
 TEMPERATURE_OPTIMIZERS = ("sgd", "adamw")
+DATA_FORMATS = ("text", "prompt_response", "chat")
+CHECK_THRESHOLDS = ("relative", "absolute")
 
 
 @dataclass
@@ -54,15 +56,26 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     source: str | list[str] = "builtin:shakespeare"
-    """Text: `builtin:shakespeare`, `builtin:tiny`, or paths to a directory, .txt, .jsonl or .parquet files."""
+    """`builtin:shakespeare`, `builtin:tiny`, or paths to .txt/.jsonl/.parquet files, folders of them, or a
+    Hugging Face `datasets` folder (save_to_disk)."""
+    format: str = "text"
+    """text (documents, every token counts) | prompt_response | chat (loss on the response tokens only)."""
     text_column: str = "text"
-    """Column holding the text in JSONL and Parquet files."""
+    """Format text: column holding the text in JSONL, Parquet and datasets sources."""
+    prompt_column: str = "prompt"
+    """Format prompt_response: column holding the prompt."""
+    response_column: str = "response"
+    """Format prompt_response: column holding the response."""
+    messages_column: str = "messages"
+    """Format chat: column holding a list of {role, content} messages (rendered by the tokenizer's chat template)."""
+    packing: bool = True
+    """prompt_response / chat: pack whole examples into each block (True) or one padded example per block."""
     block_size: int = 128
     """Tokens per training sequence."""
     val_fraction: float = 0.05
     """Held-out tail of the token stream used for evaluation."""
     max_tokens: int | None = None
-    """Truncate the token stream to this many tokens (quick runs); None uses everything."""
+    """Format text: truncate the token stream to this many tokens (quick runs); None uses everything."""
 
 
 @dataclass
@@ -99,6 +112,10 @@ class TrainConfig:
     (the teacher is frozen: they never change); 0 recomputes them at every evaluation. Results are identical."""
     checkpoint_every: int = 0
     """Save the full training state every this many steps; 0 saves at every evaluation."""
+    progress_every: int = 10
+    """Without a terminal on stderr: one progress line every this many steps..."""
+    progress_seconds: float = 30.0
+    """...or when this many seconds passed since the last one (a terminal gets a progress bar instead)."""
     device: str = "auto"
     """`auto` (CUDA with bf16 autocast when available, else CPU float32), `cpu` or `cuda`."""
     threads: int | None = None
@@ -157,12 +174,18 @@ class ScheduleConfig:
 
 @dataclass
 class ChecksConfig:
+    thresholds: str = "relative"
+    """relative (to the teacher's and the student's step-0 val/ppl, measured at the start) | absolute (ppl_* below)."""
+    gap_closed_target: float = 0.25
+    """Relative: by the end the student closes this fraction of its log-perplexity gap to the teacher."""
+    diverge_factor: float = 10.0
+    """Relative: a student whose val/ppl rises above this many times its step-0 value is stopped as diverged."""
     ppl_target: float = 250.0
-    """Final val/ppl the student must reach."""
+    """Absolute: final val/ppl the student must reach."""
     ppl_at_10: float = 2000.0
-    """val/ppl ceiling at 10% of the run."""
+    """Absolute: val/ppl ceiling at 10% of the run (and a search's divergence threshold)."""
     ppl_at_33: float = 800.0
-    """val/ppl ceiling at 33% of the run."""
+    """Absolute: val/ppl ceiling at 33% of the run."""
     runaway_tolerance: float = 0.01
     """Temperature within this fraction of the range from a bound over the last 10% of the run is a runaway."""
 
@@ -261,9 +284,15 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"data.val_fraction must be in (0, 1), got {d.val_fraction}")
     if not d.source:
         raise ConfigError("data.source is empty")
+    _choice("data.format", d.format, DATA_FORMATS)
+    if not (tr.progress_every >= 1 and tr.progress_seconds > 0):
+        raise ConfigError("train.progress_every must be >= 1 and train.progress_seconds > 0")
     c = cfg.checks
     if not (c.ppl_target > 0 and c.ppl_at_10 > 0 and c.ppl_at_33 > 0 and 0 <= c.runaway_tolerance < 0.5):
         raise ConfigError("checks.* must be positive (runaway_tolerance in [0, 0.5))")
+    _choice("checks.thresholds", c.thresholds, CHECK_THRESHOLDS)
+    if not (0 <= c.gap_closed_target <= 1 and c.diverge_factor > 1):
+        raise ConfigError("checks.gap_closed_target must be in [0, 1] and checks.diverge_factor > 1")
 
 
 def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:

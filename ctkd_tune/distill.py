@@ -26,13 +26,14 @@ from torch import nn
 from tqdm import tqdm
 
 from ctkd_tune.checkpoint import check_same_run, load_checkpoint, save_checkpoint
-from ctkd_tune.checks import check_steps, sanity_checks
+from ctkd_tune.checks import check_steps, divergence_limit, sanity_checks
 from ctkd_tune.config import Config, ConfigError
 from ctkd_tune.ctkd import lambda_at
 from ctkd_tune.losses import kd_loss
-from ctkd_tune.data import TokenData, eval_batches, get_batch, load_tokens, resolve_source, split_tokens
-from ctkd_tune.models import Teacher, check_model_paths, check_same_vocabulary, load_student, load_teacher, \
-    resolve_device
+from ctkd_tune.data import TokenData, held_out_batches, load_data, max_token_id, resolve_source, train_batch
+from ctkd_tune.instruct import IGNORE_INDEX, DataError, ExampleData
+from ctkd_tune.models import Teacher, check_block_size, check_model_paths, check_same_vocabulary, count_parameters, \
+    load_student, load_teacher, load_tokenizer, model_context, resolve_device
 from ctkd_tune.teacher_states import TeacherStates
 from ctkd_tune.temperature import Temperature, temperature_stats
 
@@ -45,7 +46,7 @@ class Setup:
     teacher: Teacher
     student: nn.Module
     tokenizer: Any
-    data: TokenData
+    data: TokenData | ExampleData
     device: torch.device
 
 
@@ -56,9 +57,14 @@ class RunResult:
     student: nn.Module
 
 
-def prepare(cfg: Config) -> Setup:
-    """Load teacher, tokenizer, data and a fresh student; every bad path or mismatch fails here, before training."""
-    check_model_paths(cfg.model)
+def prepare(cfg: Config, log: Callable[[str], None] = lambda msg: print(msg, file=sys.stderr)) -> Setup:
+    """Load teacher, tokenizer, data and a fresh student; every bad path or mismatch fails here, before training.
+
+    Order: paths (and GGUF headers), block size against both contexts, tokenizer, data (bad rows), then weights.
+    """
+    sources = check_model_paths(cfg.model)
+    check_block_size(cfg.data.block_size, {f"model.{k}": model_context(v, cfg.model.trust_remote_code)
+                                           for k, v in sources.items()})
     try:
         resolve_source(cfg.data.source)  # a missing data path fails here, before any model loads
     except (FileNotFoundError, ValueError) as err:
@@ -66,16 +72,21 @@ def prepare(cfg: Config) -> Setup:
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     device = resolve_device(cfg.train.device)
-    teacher_model, tokenizer = load_teacher(cfg.model, device)
-    tokens = load_tokens(cfg.data.source, tokenizer, text_column=cfg.data.text_column,
-                         max_tokens=cfg.data.max_tokens)
-    vocab_size = teacher_model.config.vocab_size
-    if int(tokens.max()) >= vocab_size:
-        raise ConfigError(f"data holds token id {int(tokens.max())} but the teacher has only {vocab_size} logits")
-    data = split_tokens(tokens, cfg.data.val_fraction, cfg.data.block_size, vocab_size=vocab_size)
+    tokenizer = load_tokenizer(cfg.model, sources["teacher"])
+    try:
+        data = load_data(cfg.data, tokenizer)  # bad rows fail here, before any weight is read
+    except DataError as err:
+        raise ConfigError(str(err)) from None
+    teacher_model, tokenizer = load_teacher(cfg.model, device, sources["teacher"], tokenizer)
+    data.vocab_size = vocab_size = teacher_model.config.vocab_size
+    if max_token_id(data) >= vocab_size:
+        raise ConfigError(f"data holds token id {max_token_id(data)} but the teacher has only {vocab_size} logits")
     init_seed = cfg.train.seed if cfg.train.init_seed is None else cfg.train.init_seed
     student = load_student(cfg.model, teacher_model, tokenizer, device, seed=init_seed)
     check_same_vocabulary(tokenizer, None, teacher_model, student)
+    log(f"teacher {count_parameters(teacher_model) / 1e6:.1f} M parameters, student "
+        f"{count_parameters(student) / 1e6:.1f} M ({'loaded' if cfg.model.student else 'derived from the teacher'}"
+        f"{', initialised from its layers' if cfg.model.student is None and cfg.model.student_init_from_teacher else ''})")
     teacher = Teacher(teacher_model, with_hidden=cfg.loss.align_weight > 0)
     return Setup(teacher, student, tokenizer, data, device)
 
@@ -106,37 +117,57 @@ def student_optimizer(student: nn.Module, align: nn.Module | None, cfg: Config) 
 class HeldOut:
     """The held-out batches and, once computed, the teacher's logits on them (kept when they fit in `cache_mb`)."""
 
-    def __init__(self, batches: list[tuple[torch.Tensor, torch.Tensor]], cache_mb: float):
+    def __init__(self, batches: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]], cache_mb: float):
         self.batches, self.cache_mb = batches, cache_mb
         self.teacher_logits: list[torch.Tensor | None] = [None] * len(batches)
 
     def teacher(self, teacher: Teacher, i: int) -> torch.Tensor:
         logits = self.teacher_logits[i]
         if logits is None:
-            logits = teacher(self.batches[i][0]).logits  # (B, T, V)
+            x, _, attention_mask = self.batches[i]
+            logits = teacher(x, attention_mask).logits  # (B, T, V)
             if logits.numel() * logits.element_size() * len(self.batches) <= self.cache_mb * 2**20:
                 self.teacher_logits[i] = logits
         return logits
 
 
 @torch.no_grad()
-def evaluate(student: nn.Module, teacher: Teacher, held_out: HeldOut, chunk_size: int, autocast) -> dict[str, float]:
-    """Held-out student perplexity, KL to the teacher at T = 1, and top-1 agreement with the teacher."""
+def evaluate(student: nn.Module, teacher: Teacher, held_out: HeldOut, chunk_size: int, autocast,
+             with_teacher: bool = False) -> dict[str, float]:
+    """Held-out student perplexity, KL to the teacher at T = 1, and top-1 agreement with the teacher, over the
+    tokens the loss counts (every token of text; the response tokens of instruction data); with_teacher adds the
+    teacher's own perplexity on those tokens as "teacher/ppl"."""
     student.eval()
-    ce_sum = kl_sum = agree = count = 0.0
-    for i, (x, y) in enumerate(held_out.batches):
+    ce_sum = teacher_ce_sum = kl_sum = agree = count = 0.0
+    for i, (x, y, attention_mask) in enumerate(held_out.batches):
         with autocast():
             teacher_logits = held_out.teacher(teacher, i)  # (B, T, V)
-            student_logits = student(x).logits  # (B, T, V)
-        n = y.numel()
-        ce_sum += F.cross_entropy(student_logits.flatten(0, 1).float(), y.flatten(), reduction="sum").item()
-        kl_sum += kd_loss(student_logits, teacher_logits, 1.0, chunk_size=chunk_size).item() * n
-        agree += (student_logits.argmax(-1) == teacher_logits.argmax(-1)).sum().item()
+            student_logits = student(x, attention_mask=attention_mask).logits  # (B, T, V)
+        mask = y != IGNORE_INDEX  # (B, T)
+        n = mask.sum().item()
+        ce_sum += F.cross_entropy(student_logits.flatten(0, 1).float(), y.flatten(), ignore_index=IGNORE_INDEX,
+                                  reduction="sum").item()
+        if with_teacher:
+            teacher_ce_sum += F.cross_entropy(teacher_logits.flatten(0, 1).float(), y.flatten(),
+                                              ignore_index=IGNORE_INDEX, reduction="sum").item()
+        kl_sum += kd_loss(student_logits, teacher_logits, 1.0, mask=mask, chunk_size=chunk_size).item() * n
+        agree += ((student_logits.argmax(-1) == teacher_logits.argmax(-1)) & mask).sum().item()
         count += n
     student.train()
     ce = ce_sum / count
-    return {"val/loss": ce, "val/ppl": math.exp(min(ce, 700.0)), "val/kl": kl_sum / count,
-            "val/top1_agreement": agree / count}
+    metrics = {"val/loss": ce, "val/ppl": math.exp(min(ce, 700.0)), "val/kl": kl_sum / count,
+               "val/top1_agreement": agree / count}
+    if with_teacher:
+        metrics["teacher/ppl"] = math.exp(min(teacher_ce_sum / count, 700.0))
+    return metrics
+
+
+def reference_points(student: nn.Module, teacher: Teacher, held_out: HeldOut, chunk_size: int,
+                     autocast) -> dict[str, float]:
+    """The run's own yardsticks, measured before the first step: the teacher's held-out perplexity and the
+    student's (on the same tokens). The relative sanity checks and the divergence stop are judged against them."""
+    metrics = evaluate(student, teacher, held_out, chunk_size, autocast, with_teacher=True)
+    return {"ref/teacher_val_ppl": metrics["teacher/ppl"], "ref/student_val_ppl_start": metrics["val/ppl"]}
 
 
 def print_report(metrics: dict[str, Any], checkpoint: Path | None = None) -> None:
@@ -165,8 +196,8 @@ def distill(cfg: Config, report: Report = print_report, *, setup: Setup | None =
     optimizer = student_optimizer(student, align, cfg)
     temp_optimizer = temperature.optimizer()
     stored = TeacherStates.open(cfg, teacher, data)  # the teacher's outputs on these batches, if a driver stored them
-    held_out = HeldOut([(x.to(device), y.to(device)) for x, y in
-                        eval_batches(data.val, t.eval_batches, t.batch_size, cfg.data.block_size)], t.eval_cache_mb)
+    held_out = HeldOut([tuple(b.to(device) if b is not None else None for b in batch) for batch in
+                        held_out_batches(data, t.eval_batches, t.batch_size, cfg.data.block_size)], t.eval_cache_mb)
     eval_at = evaluation_steps(cfg)
     clip = t.grad_clip if t.grad_clip > 0 else float("inf")
 
@@ -183,11 +214,16 @@ def distill(cfg: Config, report: Report = print_report, *, setup: Setup | None =
             align.load_state_dict(state["align"])
         torch.set_rng_state(state["rng"].cpu())
         start, history, wall_before = state["step"] + 1, state["history"], state["wall_time"]
+        references = state.get("references", {})
+    else:
+        references = reference_points(student, teacher, held_out, cfg.loss.chunk_size, autocast)
+    diverge_above = divergence_limit(cfg, references)
 
     status, started = "completed", time.perf_counter()
     student.train()
     bar = tqdm(range(start, n_steps + 1), initial=start - 1, total=n_steps, dynamic_ncols=True, leave=False,
                disable=not (progress and sys.stderr.isatty()))
+    lines = ProgressLines(t.progress_every, t.progress_seconds, n_steps) if progress and bar.disable else None
     for step in bar:
         i = step - 1  # 0-based position in every schedule
         tic = time.perf_counter()
@@ -199,19 +235,24 @@ def distill(cfg: Config, report: Report = print_report, *, setup: Setup | None =
             if cfg.temperature.mode == "ctkd" else 0.0
 
         # 2. forward: teacher, student, temperature
-        x, y = (b.to(device) for b in get_batch(data.train, i, t.batch_size, cfg.data.block_size, data_seed))
+        x, y, attention_mask = train_batch(data, i, t.batch_size, cfg.data.block_size, data_seed)  # (B, T) each
+        x, y = x.to(device), y.to(device)
+        mask = None  # text: every token counts; instruction data: the response tokens (labels != IGNORE_INDEX)
+        if attention_mask is not None:
+            attention_mask, mask = attention_mask.to(device), y != IGNORE_INDEX
         with autocast():
-            teacher_out = stored.output(i, x) if stored is not None else teacher(x)  # logits (B, T, V)
-            student_out = student(x, output_hidden_states=align is not None)
+            teacher_out = stored.output(i, x) if stored is not None else teacher(x, attention_mask)  # (B, T, V)
+            student_out = student(x, attention_mask=attention_mask, output_hidden_states=align is not None)
         tau = temperature(i, lam, student_out.logits, teacher_out.logits)  # () or (B*T,)
 
-        # 3. loss
-        kd = kd_loss(student_out.logits, teacher_out.logits, tau, chunk_size=cfg.loss.chunk_size)
-        ce = F.cross_entropy(student_out.logits.flatten(0, 1).float(), y.flatten())
+        # 3. loss (KD and CE over the counted tokens only)
+        kd = kd_loss(student_out.logits, teacher_out.logits, tau, mask=mask, chunk_size=cfg.loss.chunk_size)
+        ce = F.cross_entropy(student_out.logits.flatten(0, 1).float(), y.flatten(), ignore_index=IGNORE_INDEX)
         loss = cfg.loss.kd_weight * kd + cfg.loss.ce_weight * ce
         if align is not None:
             aligned = align(student_out.hidden_states[-1].float())
-            loss = loss + cfg.loss.align_weight * F.mse_loss(aligned, teacher_out.hidden.float())
+            diff = (aligned - teacher_out.hidden.float()).pow(2).mean(-1)  # (B, T)
+            loss = loss + cfg.loss.align_weight * (diff.mean() if mask is None else diff[mask].mean())
         if not torch.isfinite(loss):
             status = f"diverged at step {step}: non-finite loss"
             break
@@ -234,11 +275,17 @@ def distill(cfg: Config, report: Report = print_report, *, setup: Setup | None =
         row = {"step": step, "train/loss": loss.item(), "train/kd_loss": kd.item(), "train/ce_loss": ce.item(),
                "train/grad_norm": grad_norm.item(), "train/lr": lr,
                "train/tokens_per_s": x.numel() / (time.perf_counter() - tic),
-               "ctkd/lambda": lam, **temperature_stats(tau)}
+               "ctkd/lambda": lam, **temperature_stats(tau if tau.dim() == 0 or mask is None else tau[mask.flatten()])}
         if step in eval_at:
-            row.update(evaluate(student, teacher, held_out, cfg.loss.chunk_size, autocast))
+            row.update(evaluate(student, teacher, held_out, cfg.loss.chunk_size, autocast), **references)
             if not math.isfinite(row["val/loss"]) or row["val/loss"] >= 700.0:
                 status = f"diverged at step {step}: non-finite validation loss"
+                break
+            if row["val/ppl"] > diverge_above:
+                status = (f"diverged at step {step}: val/ppl {row['val/ppl']:.4g} rose above "
+                          f"{cfg.checks.diverge_factor:g} × its start ({references['ref/student_val_ppl_start']:.4g})")
+                history.append(row)
+                report(row, None)
                 break
         history.append(row)
         bar.set_postfix(loss=f"{row['train/loss']:.3f}", T=f"{row['ctkd/temperature']:.2f}", lam=f"{lam:.2f}",
@@ -252,27 +299,51 @@ def distill(cfg: Config, report: Report = print_report, *, setup: Setup | None =
                 "student": student.state_dict(), "optimizer": optimizer.state_dict(),
                 "temperature": temperature.state_dict(),
                 "temperature_optimizer": temp_optimizer.state_dict() if temp_optimizer is not None else {},
-                "align": align.state_dict() if align is not None else {}})
+                "align": align.state_dict() if align is not None else {}, "references": references})
         report(row, saved)
+        if lines is not None:
+            lines.maybe_print(row)
     bar.close()
 
-    summary = summarize(cfg, history, status, wall_before + time.perf_counter() - started)
+    summary = summarize(cfg, history, status, wall_before + time.perf_counter() - started, references)
     return RunResult(summary, history, student)
+
+
+class ProgressLines:
+    """Progress without a terminal (logs, CI, Ray workers): one line every `every` steps or `seconds` seconds."""
+
+    def __init__(self, every: int, seconds: float, total: int):
+        self.every, self.seconds, self.total = every, seconds, total
+        self.last = time.perf_counter()
+
+    def maybe_print(self, row: dict[str, Any]) -> None:
+        now = time.perf_counter()
+        if row["step"] % self.every and now - self.last < self.seconds and row["step"] != self.total:
+            return
+        self.last = now
+        print(f"step {row['step']}/{self.total}  loss {row['train/loss']:.4f}  kd {row['train/kd_loss']:.4f}  "
+              f"ce {row['train/ce_loss']:.4f}  T {row['ctkd/temperature']:.3f}  λ {row['ctkd/lambda']:.3f}  "
+              f"lr {row['train/lr']:.2e}  {row['train/tokens_per_s']:.0f} tok/s", file=sys.stderr, flush=True)
 
 
 def _last(history: list[dict[str, Any]], key: str) -> float:
     return next((row[key] for row in reversed(history) if key in row), float("nan"))
 
 
-def summarize(cfg: Config, history: list[dict[str, Any]], status: str, wall_time: float) -> dict[str, Any]:
-    """Final and best val/ppl, final temperature and λ, checks and the resolved config — all finite or None."""
+def summarize(cfg: Config, history: list[dict[str, Any]], status: str, wall_time: float,
+              references: dict[str, float] | None = None) -> dict[str, Any]:
+    """Final and best val/ppl, the teacher's and the step-0 student's val/ppl, final temperature and λ, checks and
+    the resolved config — all finite or None."""
+    references = references or {}
     evals = [row for row in history if "val/ppl" in row]
     best = min(evals, key=lambda row: row["val/ppl"]) if evals else None
     final = history[-1] if history else {}
-    checks = sanity_checks(history, cfg)
+    checks = sanity_checks(history, cfg, references)
     return {
         "status": status,
         "steps": final.get("step", 0),
+        "teacher_val_ppl": references.get("ref/teacher_val_ppl"),
+        "student_val_ppl_start": references.get("ref/student_val_ppl_start"),
         "final_val_ppl": evals[-1]["val/ppl"] if evals else None,
         "best_val_ppl": best["val/ppl"] if best else None,
         "best_step": best["step"] if best else None,

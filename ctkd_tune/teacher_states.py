@@ -53,7 +53,7 @@ class TeacherStates:
 
     @classmethod
     def open(cls, cfg: Config, teacher: Teacher, data: TokenData) -> TeacherStates | None:
-        if cfg.train.teacher_cache_mb <= 0 or not any(_entries().glob("*/meta.json")):
+        if cfg.train.teacher_cache_mb <= 0 or cfg.data.format != "text" or not any(_entries().glob("*/meta.json")):
             return None  # nothing stored: skip hashing the teacher and the tokens
         directory = _entries() / _key(cfg, teacher, data)
         if not (directory / "meta.json").is_file():
@@ -76,7 +76,7 @@ class TeacherStates:
 
 def build(cfg: Config, teacher: Teacher, data: TokenData, log=print) -> Path | None:
     """Compute the entry for cfg's training batches unless it exists; None when it cannot or should not be."""
-    if cfg.train.teacher_cache_mb <= 0:
+    if cfg.train.teacher_cache_mb <= 0 or cfg.data.format != "text":  # instruction rows: not stored (yet)
         return None
     directory = _entries() / _key(cfg, teacher, data)
     if (directory / "meta.json").is_file():
