@@ -114,6 +114,15 @@ def student_optimizer(student: nn.Module, align: nn.Module | None, cfg: Config) 
     return torch.optim.AdamW(groups, lr=cfg.train.lr, betas=(0.9, 0.95))
 
 
+def counted_losses(student_logits: torch.Tensor, teacher_logits: torch.Tensor, y: torch.Tensor, tau: torch.Tensor,
+                   mask: torch.Tensor | None, chunk_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(KD, CE), each a mean over the counted tokens: all of them (mask None, text) or where `mask` (B, T) is True
+    (instruction data: the response tokens; y is IGNORE_INDEX elsewhere). Logits (B, T, V), y (B, T)."""
+    kd = kd_loss(student_logits, teacher_logits, tau, mask=mask, chunk_size=chunk_size)
+    ce = F.cross_entropy(student_logits.flatten(0, 1).float(), y.flatten(), ignore_index=IGNORE_INDEX)
+    return kd, ce
+
+
 class HeldOut:
     """The held-out batches and, once computed, the teacher's logits on them (kept when they fit in `cache_mb`)."""
 
@@ -246,8 +255,7 @@ def distill(cfg: Config, report: Report = print_report, *, setup: Setup | None =
         tau = temperature(i, lam, student_out.logits, teacher_out.logits)  # () or (B*T,)
 
         # 3. loss (KD and CE over the counted tokens only)
-        kd = kd_loss(student_out.logits, teacher_out.logits, tau, mask=mask, chunk_size=cfg.loss.chunk_size)
-        ce = F.cross_entropy(student_out.logits.flatten(0, 1).float(), y.flatten(), ignore_index=IGNORE_INDEX)
+        kd, ce = counted_losses(student_out.logits, teacher_out.logits, y, tau, mask, cfg.loss.chunk_size)
         loss = cfg.loss.kd_weight * kd + cfg.loss.ce_weight * ce
         if align is not None:
             aligned = align(student_out.hidden_states[-1].float())
