@@ -67,6 +67,12 @@ def divergence_limit(cfg: Config, references: dict[str, float] | None) -> float:
     return cfg.checks.diverge_factor * start
 
 
+def default_ppl_threshold(cfg: Config) -> float | None:
+    """A search's val/ppl divergence threshold: checks.ppl_at_10 with absolute thresholds; None with relative ones
+    (each run then stops itself at diverge_factor × its own start, see `divergence_limit`)."""
+    return cfg.checks.ppl_at_10 if cfg.checks.thresholds == "absolute" else None
+
+
 def sanity_checks(history: list[dict[str, Any]], cfg: Config,
                   references: dict[str, float] | None = None) -> dict[str, dict[str, Any]]:
     """{check name: {"passed": bool, "value": ..., "limit": ...}} plus "all_passed" — for a finished run."""

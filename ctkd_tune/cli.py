@@ -48,7 +48,10 @@ def cmd_distill(args: argparse.Namespace) -> int:
     else:
         cfg = load_config(config_file(args), args.preset, args.overrides)
     summary = run_distill(cfg, output, resume=args.resume)
-    print(f"{summary['status']}: val/ppl {summary['final_val_ppl']}, T {summary['final_temperature']}, "
+    fmt = lambda v: "n/a" if v is None else f"{v:.4g}"  # noqa: E731
+    print(f"{summary['status']}: val/ppl {fmt(summary.get('student_val_ppl_start'))} at step 0 → "
+          f"{fmt(summary['final_val_ppl'])} (teacher {fmt(summary.get('teacher_val_ppl'))}), "
+          f"T {fmt(summary['final_temperature'])}, "
           f"checks {'passed' if summary['checks']['all_passed']['passed'] else 'FAILED'} → {output}")
     return 0 if summary["status"] == "completed" else 1
 

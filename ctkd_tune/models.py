@@ -84,9 +84,15 @@ def _package_file(value: str, field: str) -> Path:
 
 
 def _looks_local(value: str) -> bool:
-    """A path, not a hub id: ./x, ../x, ~/x, /x, a .gguf name, more than one '/', or a first folder that exists."""
-    return (value.startswith((".", "/", "~")) or value.endswith(".gguf") or not HUB_ID.fullmatch(value)
-            or ("/" in value and Path(value.split("/")[0]).is_dir()))
+    """A path, not a hub id: ./x, ../x, ~/x, /x, a .gguf name, more than one '/', a first folder that exists, or a
+    bare name (no "org/") that is not in the local hub cache. Only "org/name" is tried on the hub."""
+    if value.startswith((".", "/", "~")) or value.endswith(".gguf") or not HUB_ID.fullmatch(value):
+        return True
+    if "/" in value:
+        return Path(value.split("/")[0]).is_dir()
+    from huggingface_hub import try_to_load_from_cache
+
+    return not isinstance(try_to_load_from_cache(value, "config.json"), str)
 
 
 def resolve_model(value: str, gguf_file: str | None, field: str) -> ModelSource:
@@ -138,7 +144,7 @@ def inspect_gguf(file: Path, field: str) -> int | None:
                           f"{str(err).splitlines()[0] if str(err) else 'truncated'})") from None
     if arch not in GGUF_SUPPORTED_ARCHITECTURES:
         raise ConfigError(f"{field}: GGUF architecture {arch!r} of {file} cannot be loaded by transformers "
-                          f"(it loads {', '.join(sorted(GGUF_SUPPORTED_ARCHITECTURES))})")
+                          f"(it loads {', '.join(sorted(set(GGUF_SUPPORTED_ARCHITECTURES) - {'general', 'tokenizer'}))})")
     context = fields.get(f"{arch}.context_length")
     return int(context.parts[-1][0]) if context is not None else None
 

@@ -31,6 +31,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
+from ctkd_tune.checks import default_ppl_threshold
 from ctkd_tune.config import Config, ConfigError, from_dict
 from ctkd_tune.io import atomic_write_json
 from ctkd_tune.results import (OPTUNA_TRIAL_KEY, build_tables, divergence_reason, summary_table, trial_outcome,
@@ -142,8 +143,9 @@ def run_search(base_cfg: Config | None, space: str | None = None, name: str = "c
     compares TPE + ASHA with random search without early stopping.
 
     Tuning knobs: ASHA's grace_period (default: past the longest λ warmup, see `_grace_period`) and
-    reduction_factor; the divergence criteria ppl_threshold (default: checks.ppl_at_10, the plan's ceiling at 10%
-    of the run) and runaway_patience (evaluations with the temperature at a bound; 0 = off); the known points
+    reduction_factor; the divergence criteria ppl_threshold (default with checks.thresholds absolute:
+    checks.ppl_at_10, the plan's ceiling at 10% of the run; relative: none, each run stops itself when its val/ppl
+    rises above checks.diverge_factor × its step-0 value) and runaway_patience (evaluations with the temperature at a bound; 0 = off); the known points
     (default: the plan's recommended config and fallback C; evaluated only while the study is empty). All
     settings are recorded in results/NAME/search.json, which `resume=True` reads back.
     """
@@ -181,7 +183,7 @@ def run_search(base_cfg: Config | None, space: str | None = None, name: str = "c
             raise ConfigError(f"--scheduler must be one of {', '.join(SCHEDULERS)}, got {scheduler!r}")
         settings = {"params": info.params, "points": info.points, "grace_period": grace, "max_t": steps,
                     "reduction_factor": reduction_factor, "runaway_patience": runaway_patience,
-                    "ppl_threshold": ppl_threshold or base_cfg.checks.ppl_at_10, "seed": seed,
+                    "ppl_threshold": ppl_threshold or default_ppl_threshold(base_cfg), "seed": seed,
                     "cpus_per_trial": cpus_per_trial, "gpus_per_trial": gpus_per_trial, "sampler": sampler,
                     "scheduler": scheduler}
     os.environ["RAY_CHDIR_TO_TRIAL_DIR"] = "0"

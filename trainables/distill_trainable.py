@@ -31,7 +31,8 @@ from ctkd_tune.results import OPTUNA_TRIAL_KEY
 from search_spaces import trial_config
 
 REPORTED = ("val/ppl", "val/kl", "val/top1_agreement", "val/loss", "train/loss", "train/kd_loss", "train/ce_loss",
-            "train/lr", "ctkd/temperature", "ctkd/temperature_min", "ctkd/temperature_max", "ctkd/lambda")
+            "train/lr", "ctkd/temperature", "ctkd/temperature_min", "ctkd/temperature_max", "ctkd/lambda",
+            "ref/teacher_val_ppl", "ref/student_val_ppl_start")
 
 
 def train_ctkd(params: dict[str, Any], base: dict[str, Any]) -> None:
