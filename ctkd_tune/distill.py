@@ -2,12 +2,13 @@
 
 The loop in `distill` reads top to bottom; per step:
     1. learning rate and λ from their schedules
-    2. teacher forward (frozen, no grad) → student forward → temperature τ
-    3. loss = kd_weight · τ²·KL(teacher ‖ student at τ) + ce_weight · CE + align_weight · hidden alignment
-    4. backward (the GRL flips the temperature's gradient), clip, step both optimisers
-    5. log; every `eval_every` steps (and at 10%, 33%, 100%): evaluate, checkpoint
+    2. `loss_step`: the teacher's outputs (stored or computed) → student forward → temperature τ → loss =
+       kd_weight · τ²·KL(teacher ‖ student at τ) + ce_weight · CE + align_weight · hidden alignment
+    3. backward (the GRL flips the temperature's gradient), clip, step both optimisers
+    4. log; every `eval_every` steps (and at 10%, 33%, 100%): evaluate, checkpoint
 Its one seam to the outside is `report(metrics, checkpoint)`: the CLI passes a printer, the Ray trainable passes
-`tune.report`. Run it with `ctkd-tune distill --preset tiny --output runs/tiny`.
+`tune.report`. The teacher is reached only through `TeacherOutputs` ("the teacher's outputs for this batch").
+Run it with `ctkd-tune distill --preset tiny --output runs/tiny`.
 """
 
 from __future__ import annotations
@@ -34,10 +35,11 @@ from ctkd_tune.data import TokenData, held_out_batches, load_data, max_token_id,
 from ctkd_tune.instruct import IGNORE_INDEX, DataError, ExampleData
 from ctkd_tune.models import Teacher, check_block_size, check_model_paths, check_same_vocabulary, count_parameters, \
     load_student, load_teacher, load_tokenizer, model_context, resolve_device
-from ctkd_tune.teacher_states import TeacherStates
+from ctkd_tune.teacher_states import TeacherOutputs
 from ctkd_tune.temperature import Temperature, temperature_stats
 
 Report = Callable[[dict[str, Any], "Path | None"], None]
+MAX_LOSS = 700.0  # exp(700) ≈ 1e304, near float64's largest: a validation loss beyond it counts as divergence
 
 
 @dataclass
@@ -81,8 +83,7 @@ def prepare(cfg: Config, log: Callable[[str], None] = lambda msg: print(msg, fil
     data.vocab_size = vocab_size = teacher_model.config.vocab_size
     if max_token_id(data) >= vocab_size:
         raise ConfigError(f"data holds token id {max_token_id(data)} but the teacher has only {vocab_size} logits")
-    init_seed = cfg.train.seed if cfg.train.init_seed is None else cfg.train.init_seed
-    student = load_student(cfg.model, teacher_model, tokenizer, device, seed=init_seed)
+    student = load_student(cfg.model, teacher_model, tokenizer, device, seed=cfg.train.resolved_init_seed)
     check_same_vocabulary(tokenizer, None, teacher_model, student)
     log(f"teacher {count_parameters(teacher_model) / 1e6:.1f} M parameters, student "
         f"{count_parameters(student) / 1e6:.1f} M ({'loaded' if cfg.model.student else 'derived from the teacher'}"
@@ -123,34 +124,41 @@ def counted_losses(student_logits: torch.Tensor, teacher_logits: torch.Tensor, y
     return kd, ce
 
 
-class HeldOut:
-    """The held-out batches and, once computed, the teacher's logits on them (kept when they fit in `cache_mb`)."""
+def loss_step(cfg: Config, student: nn.Module, temperature: Temperature, align: nn.Module | None,
+              teacher: TeacherOutputs, i: int, x: torch.Tensor, y: torch.Tensor, lam: float, autocast,
+              attention_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+    """Forward → τ → loss on batch (x, y) of 0-based step i; returns (loss, kd, ce, τ over the counted tokens).
 
-    def __init__(self, batches: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]], cache_mb: float):
-        self.batches, self.cache_mb = batches, cache_mb
-        self.teacher_logits: list[torch.Tensor | None] = [None] * len(batches)
-
-    def teacher(self, teacher: Teacher, i: int) -> torch.Tensor:
-        logits = self.teacher_logits[i]
-        if logits is None:
-            x, _, attention_mask = self.batches[i]
-            logits = teacher(x, attention_mask).logits  # (B, T, V)
-            if logits.numel() * logits.element_size() * len(self.batches) <= self.cache_mb * 2**20:
-                self.teacher_logits[i] = logits
-        return logits
+        loss = kd_weight · τ²·KL(teacher ‖ student at τ) + ce_weight · CE(student, y)
+               + align_weight · MSE(align(student hidden), teacher hidden)
+    each a mean over the counted tokens: all of them for text (attention_mask None), the response tokens of
+    instruction data (y != IGNORE_INDEX; the attention mask hides the padding).
+    """
+    mask = None if attention_mask is None else y != IGNORE_INDEX  # (B, T)
+    with autocast():
+        teacher_out = teacher.train(i, x, attention_mask)  # logits (B, T, V), hidden (B, T, H_t) when aligning
+        student_out = student(x, attention_mask=attention_mask, output_hidden_states=align is not None)
+    tau = temperature(i, lam, student_out.logits, teacher_out.logits)  # () or (B*T,)
+    kd, ce = counted_losses(student_out.logits, teacher_out.logits, y, tau, mask, cfg.loss.chunk_size)
+    loss = cfg.loss.kd_weight * kd + cfg.loss.ce_weight * ce
+    if align is not None:
+        aligned = align(student_out.hidden_states[-1].float())
+        diff = (aligned - teacher_out.hidden.float()).pow(2).mean(-1)  # (B, T)
+        loss = loss + cfg.loss.align_weight * (diff.mean() if mask is None else diff[mask].mean())
+    return loss, kd, ce, tau if tau.dim() == 0 or mask is None else tau[mask.flatten()]
 
 
 @torch.no_grad()
-def evaluate(student: nn.Module, teacher: Teacher, held_out: HeldOut, chunk_size: int, autocast,
-             with_teacher: bool = False) -> dict[str, float]:
+def evaluate(student: nn.Module, teacher: TeacherOutputs, batches: list[tuple[torch.Tensor, ...]],
+             chunk_size: int, autocast, with_teacher: bool = False) -> dict[str, float]:
     """Held-out student perplexity, KL to the teacher at T = 1, and top-1 agreement with the teacher, over the
     tokens the loss counts (every token of text; the response tokens of instruction data); with_teacher adds the
     teacher's own perplexity on those tokens as "teacher/ppl"."""
     student.eval()
     ce_sum = teacher_ce_sum = kl_sum = agree = count = 0.0
-    for i, (x, y, attention_mask) in enumerate(held_out.batches):
+    for i, (x, y, attention_mask) in enumerate(batches):
         with autocast():
-            teacher_logits = held_out.teacher(teacher, i)  # (B, T, V)
+            teacher_logits = teacher.held_out(i, x, attention_mask).logits  # (B, T, V)
             student_logits = student(x, attention_mask=attention_mask).logits  # (B, T, V)
         mask = y != IGNORE_INDEX  # (B, T)
         n = mask.sum().item()
@@ -164,18 +172,18 @@ def evaluate(student: nn.Module, teacher: Teacher, held_out: HeldOut, chunk_size
         count += n
     student.train()
     ce = ce_sum / count
-    metrics = {"val/loss": ce, "val/ppl": math.exp(min(ce, 700.0)), "val/kl": kl_sum / count,
+    metrics = {"val/loss": ce, "val/ppl": math.exp(min(ce, MAX_LOSS)), "val/kl": kl_sum / count,
                "val/top1_agreement": agree / count}
     if with_teacher:
-        metrics["teacher/ppl"] = math.exp(min(teacher_ce_sum / count, 700.0))
+        metrics["teacher/ppl"] = math.exp(min(teacher_ce_sum / count, MAX_LOSS))
     return metrics
 
 
-def reference_points(student: nn.Module, teacher: Teacher, held_out: HeldOut, chunk_size: int,
-                     autocast) -> dict[str, float]:
+def reference_points(student: nn.Module, teacher: TeacherOutputs, batches: list[tuple[torch.Tensor, ...]],
+                     chunk_size: int, autocast) -> dict[str, float]:
     """The run's own yardsticks, measured before the first step: the teacher's held-out perplexity and the
     student's (on the same tokens). The relative sanity checks and the divergence stop are judged against them."""
-    metrics = evaluate(student, teacher, held_out, chunk_size, autocast, with_teacher=True)
+    metrics = evaluate(student, teacher, batches, chunk_size, autocast, with_teacher=True)
     return {"ref/teacher_val_ppl": metrics["teacher/ppl"], "ref/student_val_ppl_start": metrics["val/ppl"]}
 
 
@@ -191,9 +199,8 @@ def distill(cfg: Config, report: Report = print_report, *, setup: Setup | None =
             progress: bool = True) -> RunResult:
     """Run (or resume) one distillation; returns the summary, the per-step history and the trained student."""
     setup = setup or prepare(cfg)
-    teacher, student, data, device = setup.teacher, setup.student, setup.data, setup.device
-    t, sched, n_steps = cfg.train, cfg.schedule, cfg.train.steps
-    data_seed = t.seed if t.data_seed is None else t.data_seed
+    student, data, device = setup.student, setup.data, setup.device
+    t, n_steps = cfg.train, cfg.train.steps
     use_bf16 = device.type == "cuda"
     autocast = lambda: torch.autocast("cuda", dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext()
 
@@ -201,12 +208,15 @@ def distill(cfg: Config, report: Report = print_report, *, setup: Setup | None =
     temperature = Temperature(cfg.temperature, n_steps).to(device)
     align = None
     if cfg.loss.align_weight > 0:
-        align = nn.Linear(student.config.hidden_size, teacher.model.config.hidden_size, bias=False).to(device)
+        align = nn.Linear(student.config.hidden_size, setup.teacher.model.config.hidden_size, bias=False).to(device)
     optimizer = student_optimizer(student, align, cfg)
     temp_optimizer = temperature.optimizer()
-    stored = TeacherStates.open(cfg, teacher, data)  # the teacher's outputs on these batches, if a driver stored them
-    held_out = HeldOut([tuple(b.to(device) if b is not None else None for b in batch) for batch in
-                        held_out_batches(data, t.eval_batches, t.batch_size, cfg.data.block_size)], t.eval_cache_mb)
+    # What a checkpoint holds besides the step, history and RNG: the same keys are saved and restored.
+    trained = {"student": student, "optimizer": optimizer, "temperature": temperature,
+               "temperature_optimizer": temp_optimizer, "align": align}
+    teacher = TeacherOutputs.open(cfg, setup.teacher, data)  # stored states if a driver built them, else forward
+    held_out = [tuple(b.to(device) if b is not None else None for b in batch)  # (x, y, attention mask or None)
+                for batch in held_out_batches(data, t.eval_batches, t.batch_size, cfg.data.block_size)]
     eval_at = evaluation_steps(cfg)
     clip = t.grad_clip if t.grad_clip > 0 else float("inf")
 
@@ -214,13 +224,9 @@ def distill(cfg: Config, report: Report = print_report, *, setup: Setup | None =
     if resume is not None:
         state = load_checkpoint(resume, device)
         check_same_run(state["config"], cfg.flat())
-        student.load_state_dict(state["student"])
-        temperature.load_state_dict(state["temperature"])
-        optimizer.load_state_dict(state["optimizer"])
-        if temp_optimizer is not None:
-            temp_optimizer.load_state_dict(state["temperature_optimizer"])
-        if align is not None:
-            align.load_state_dict(state["align"])
+        for key, obj in trained.items():
+            if obj is not None:
+                obj.load_state_dict(state[key])
         torch.set_rng_state(state["rng"].cpu())
         start, history, wall_before = state["step"] + 1, state["history"], state["wall_time"]
         references = state.get("references", {})
@@ -240,32 +246,18 @@ def distill(cfg: Config, report: Report = print_report, *, setup: Setup | None =
         lr = get_lr(i, cfg)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        lam = lambda_at(sched.type, i, n_steps, sched.lambda_max, sched.warmup_ratio, sched.gamma) \
-            if cfg.temperature.mode == "ctkd" else 0.0
+        lam = lambda_at(cfg.schedule, i, n_steps) if cfg.temperature.adversarial else 0.0
 
-        # 2. forward: teacher, student, temperature
-        x, y, attention_mask = train_batch(data, i, t.batch_size, cfg.data.block_size, data_seed)  # (B, T) each
-        x, y = x.to(device), y.to(device)
-        mask = None  # text: every token counts; instruction data: the response tokens (labels != IGNORE_INDEX)
-        if attention_mask is not None:
-            attention_mask, mask = attention_mask.to(device), y != IGNORE_INDEX
-        with autocast():
-            teacher_out = stored.output(i, x) if stored is not None else teacher(x, attention_mask)  # (B, T, V)
-            student_out = student(x, attention_mask=attention_mask, output_hidden_states=align is not None)
-        tau = temperature(i, lam, student_out.logits, teacher_out.logits)  # () or (B*T,)
-
-        # 3. loss (KD and CE over the counted tokens only)
-        kd, ce = counted_losses(student_out.logits, teacher_out.logits, y, tau, mask, cfg.loss.chunk_size)
-        loss = cfg.loss.kd_weight * kd + cfg.loss.ce_weight * ce
-        if align is not None:
-            aligned = align(student_out.hidden_states[-1].float())
-            diff = (aligned - teacher_out.hidden.float()).pow(2).mean(-1)  # (B, T)
-            loss = loss + cfg.loss.align_weight * (diff.mean() if mask is None else diff[mask].mean())
+        # 2. forward and loss: teacher outputs, student, temperature
+        x, y, attention_mask = (b.to(device) if b is not None else None for b in  # (B, T) each; mask: text None
+                                train_batch(data, i, t.batch_size, cfg.data.block_size, t.resolved_data_seed))
+        loss, kd, ce, tau = loss_step(cfg, student, temperature, align, teacher, i, x, y, lam, autocast,
+                                      attention_mask)
         if not torch.isfinite(loss):
             status = f"diverged at step {step}: non-finite loss"
             break
 
-        # 4. backward, clip, step
+        # 3. backward, clip, step
         optimizer.zero_grad(set_to_none=True)
         if temp_optimizer is not None:
             temp_optimizer.zero_grad(set_to_none=True)
@@ -279,17 +271,17 @@ def distill(cfg: Config, report: Report = print_report, *, setup: Setup | None =
         if temp_optimizer is not None:
             temp_optimizer.step()
 
-        # 5. log, evaluate, checkpoint, report
+        # 4. log, evaluate, checkpoint, report
         row = {"step": step, "train/loss": loss.item(), "train/kd_loss": kd.item(), "train/ce_loss": ce.item(),
                "train/grad_norm": grad_norm.item(), "train/lr": lr,
                "train/tokens_per_s": x.numel() / (time.perf_counter() - tic),
-               "ctkd/lambda": lam, **temperature_stats(tau if tau.dim() == 0 or mask is None else tau[mask.flatten()])}
+               "ctkd/lambda": lam, **temperature_stats(tau)}
         if step in eval_at:
             row.update(evaluate(student, teacher, held_out, cfg.loss.chunk_size, autocast), **references)
-            if not math.isfinite(row["val/loss"]) or row["val/loss"] >= 700.0:
+            if not math.isfinite(row["val/loss"]) or row["val/loss"] >= MAX_LOSS:
                 status = f"diverged at step {step}: non-finite validation loss"
                 break
-            if row["val/ppl"] > diverge_above:
+            if row["val/ppl"] > diverge_above:  # relative thresholds: far above where this student started
                 status = (f"diverged at step {step}: val/ppl {row['val/ppl']:.4g} rose above "
                           f"{cfg.checks.diverge_factor:g} × its start ({references['ref/student_val_ppl_start']:.4g})")
                 history.append(row)
@@ -304,10 +296,8 @@ def distill(cfg: Config, report: Report = print_report, *, setup: Setup | None =
             saved = save_checkpoint(checkpoint_dir, {
                 "step": step, "config": cfg.flat(), "history": history, "rng": torch.get_rng_state(),
                 "wall_time": wall_before + time.perf_counter() - started,
-                "student": student.state_dict(), "optimizer": optimizer.state_dict(),
-                "temperature": temperature.state_dict(),
-                "temperature_optimizer": temp_optimizer.state_dict() if temp_optimizer is not None else {},
-                "align": align.state_dict() if align is not None else {}, "references": references})
+                **{key: obj.state_dict() if obj is not None else {} for key, obj in trained.items()},
+                "references": references})
         report(row, saved)
         if lines is not None:
             lines.maybe_print(row)
