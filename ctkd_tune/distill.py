@@ -232,6 +232,9 @@ def distill(cfg: Config, report: Report = print_report, *, setup: Setup | None =
         references = state.get("references", {})
     else:
         references = reference_points(student, teacher, held_out, cfg.loss.chunk_size, autocast)
+        if progress:
+            tqdm.write(f"step      0  val/ppl {references['ref/student_val_ppl_start']:9.2f}  "
+                       f"(the teacher's: {references['ref/teacher_val_ppl']:.2f})")
     diverge_above = divergence_limit(cfg, references)
 
     status, started = "completed", time.perf_counter()
