@@ -59,7 +59,7 @@ class RunResult:
     student: nn.Module
 
 
-def prepare(cfg: Config, log: Callable[[str], None] = lambda msg: print(msg, file=sys.stderr)) -> Setup:
+def prepare(cfg: Config) -> Setup:
     """Load teacher, tokenizer, data and a fresh student; every bad path or mismatch fails here, before training.
 
     Order: paths (and GGUF headers), block size against both contexts, tokenizer, data (bad rows), then weights.
@@ -85,9 +85,6 @@ def prepare(cfg: Config, log: Callable[[str], None] = lambda msg: print(msg, fil
         raise ConfigError(f"data holds token id {max_token_id(data)} but the teacher has only {vocab_size} logits")
     student = load_student(cfg.model, teacher_model, tokenizer, device, seed=cfg.train.resolved_init_seed)
     check_same_vocabulary(tokenizer, None, teacher_model, student)
-    log(f"teacher {count_parameters(teacher_model) / 1e6:.1f} M parameters, student "
-        f"{count_parameters(student) / 1e6:.1f} M ({'loaded' if cfg.model.student else 'derived from the teacher'}"
-        f"{', initialised from its layers' if cfg.model.student is None and cfg.model.student_init_from_teacher else ''})")
     teacher = Teacher(teacher_model, with_hidden=cfg.loss.align_weight > 0)
     return Setup(teacher, student, tokenizer, data, device)
 
@@ -233,6 +230,10 @@ def distill(cfg: Config, report: Report = print_report, *, setup: Setup | None =
     else:
         references = reference_points(student, teacher, held_out, cfg.loss.chunk_size, autocast)
         if progress:
+            derived = ", initialised from its layers" if cfg.model.student_init_from_teacher else ""
+            tqdm.write(f"teacher {count_parameters(setup.teacher.model) / 1e6:.1f} M parameters, student "
+                       f"{count_parameters(student) / 1e6:.1f} M "
+                       f"({'loaded' if cfg.model.student else 'derived from the teacher' + derived})")
             tqdm.write(f"step      0  val/ppl {references['ref/student_val_ppl_start']:9.2f}  "
                        f"(the teacher's: {references['ref/teacher_val_ppl']:.2f})")
     diverge_above = divergence_limit(cfg, references)

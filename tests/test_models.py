@@ -94,7 +94,7 @@ def test_derived_student_is_saved_loads_back_generates_and_samples(tmp_path, cap
     run = tmp_path / "run"
     assert main(["distill", "--preset", "tiny", "--set", "train.steps=6", "--set", "train.eval_every=3",
                  "--output", str(run)]) == 0
-    err = capsys.readouterr().err
+    err = capsys.readouterr().out  # printed before training
     assert "student 0.0 M (derived from the teacher)" in err and "teacher 0.1 M parameters" in err
     model = AutoModelForCausalLM.from_pretrained(run / "student")
     tokenizer = AutoTokenizer.from_pretrained(run / "student")
