@@ -227,6 +227,8 @@ class ChecksConfig:
     """Absolute: val/ppl ceiling at 33% of the run."""
     runaway_tolerance: float = 0.01
     """Temperature within this fraction of the range from a bound over the last 10% of the run is a runaway."""
+    drift_share: float = 0.5
+    """A learned temperature that moved more than this share of its (log) range and kept going is a drift."""
 
 
 @dataclass
@@ -334,6 +336,8 @@ def validate(cfg: Config) -> None:
     _choice("checks.thresholds", c.thresholds, CHECK_THRESHOLDS)
     if not (0 <= c.gap_closed_target <= 1 and c.diverge_factor > 1):
         raise ConfigError("checks.gap_closed_target must be in [0, 1] and checks.diverge_factor > 1")
+    if not 0 < c.drift_share <= 1:
+        raise ConfigError(f"checks.drift_share must be in (0, 1], got {c.drift_share}")
 
 
 def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
