@@ -176,3 +176,18 @@ def test_kd_loss_falls_and_checks_pass_on_a_healthy_run():
     assert checks["kd_loss_falling"]["passed"] and checks["lambda_at_max@100%"]["passed"]
     assert checks["lambda_zero_in_warmup@10%"]["passed"]
     assert checks["ppl@100%"]["value"] < checks["ppl@10%"]["value"]
+
+
+def test_relative_thresholds_stop_a_student_far_above_its_start_and_never_a_learning_one():
+    # checks.thresholds relative (default): the reference points are measured before step 1
+    blown = distill(tiny("train.steps=20", "train.eval_every=5", "train.lr=1.0"), **QUIET)
+    start = blown.summary["student_val_ppl_start"]
+    assert blown.summary["status"].startswith("diverged at step 2: val/ppl") and "10 × its start" in blown.summary["status"]
+    learning = distill(tiny("train.steps=20", "train.eval_every=5"), **QUIET).summary
+    assert learning["status"] == "completed" and learning["final_val_ppl"] < learning["student_val_ppl_start"]
+    assert 1 < learning["teacher_val_ppl"] < learning["student_val_ppl_start"] == pytest.approx(start)
+    assert learning["checks"]["ppl@10%"]["limit"] == pytest.approx(start)  # below where it started
+    # absolute: the plan's fixed numbers; the loop then leaves the divergence threshold to a search
+    absolute = distill(tiny("train.steps=20", "train.eval_every=5", "train.lr=1.0", "checks.thresholds=absolute"),
+                       **QUIET).summary
+    assert "10 × its start" not in absolute["status"] and absolute["checks"]["ppl@100%"]["limit"] == 400.0
