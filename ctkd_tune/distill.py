@@ -113,10 +113,11 @@ def student_optimizer(student: nn.Module, align: nn.Module | None, cfg: Config) 
 
 
 def counted_losses(student_logits: torch.Tensor, teacher_logits: torch.Tensor, y: torch.Tensor, tau: torch.Tensor,
-                   mask: torch.Tensor | None, chunk_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+                   mask: torch.Tensor | None, chunk_size: int, **divergence) -> tuple[torch.Tensor, torch.Tensor]:
     """(KD, CE), each a mean over the counted tokens: all of them (mask None, text) or where `mask` (B, T) is True
-    (instruction data: the response tokens; y is IGNORE_INDEX elsewhere). Logits (B, T, V), y (B, T)."""
-    kd = kd_loss(student_logits, teacher_logits, tau, mask=mask, chunk_size=chunk_size)
+    (instruction data: the response tokens; y is IGNORE_INDEX elsewhere). Logits (B, T, V), y (B, T);
+    `divergence` (divergence=, alpha=, beta=) goes to `kd_loss`."""
+    kd = kd_loss(student_logits, teacher_logits, tau, mask=mask, chunk_size=chunk_size, **divergence)
     ce = F.cross_entropy(student_logits.flatten(0, 1).float(), y.flatten(), ignore_index=IGNORE_INDEX)
     return kd, ce
 
@@ -126,7 +127,7 @@ def loss_step(cfg: Config, student: nn.Module, temperature: Temperature, align: 
               attention_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
     """Forward → τ → loss on batch (x, y) of 0-based step i; returns (loss, kd, ce, τ over the counted tokens).
 
-        loss = kd_weight · τ²·KL(teacher ‖ student at τ) + ce_weight · CE(student, y)
+        loss = kd_weight · τ²·D(teacher ‖ student at τ) + ce_weight · CE(student, y)   (D: loss.divergence)
                + align_weight · MSE(align(student hidden), teacher hidden)
     each a mean over the counted tokens: all of them for text (attention_mask None), the response tokens of
     instruction data (y != IGNORE_INDEX; the attention mask hides the padding).
@@ -136,7 +137,8 @@ def loss_step(cfg: Config, student: nn.Module, temperature: Temperature, align: 
         teacher_out = teacher.train(i, x, attention_mask)  # logits (B, T, V), hidden (B, T, H_t) when aligning
         student_out = student(x, attention_mask=attention_mask, output_hidden_states=align is not None)
     tau = temperature(i, lam, student_out.logits, teacher_out.logits)  # () or (B*T,)
-    kd, ce = counted_losses(student_out.logits, teacher_out.logits, y, tau, mask, cfg.loss.chunk_size)
+    kd, ce = counted_losses(student_out.logits, teacher_out.logits, y, tau, mask, cfg.loss.chunk_size,
+                            divergence=cfg.loss.divergence, alpha=cfg.loss.skew_alpha, beta=cfg.loss.jsd_beta)
     loss = cfg.loss.kd_weight * kd + cfg.loss.ce_weight * ce
     if align is not None:
         aligned = align(student_out.hidden_states[-1].float())
