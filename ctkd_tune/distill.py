@@ -33,8 +33,8 @@ from ctkd_tune.ctkd import lambda_at
 from ctkd_tune.losses import kd_loss
 from ctkd_tune.data import TokenData, held_out_batches, load_data, max_token_id, resolve_source, train_batch
 from ctkd_tune.instruct import IGNORE_INDEX, DataError, ExampleData
-from ctkd_tune.models import Teacher, check_block_size, check_model_paths, check_same_vocabulary, count_parameters, \
-    load_student, load_teacher, load_tokenizer, model_context, resolve_device
+from ctkd_tune.models import Teacher, check_block_size, check_context, check_model_paths, check_same_vocabulary, \
+    count_parameters, load_student, load_teacher, load_tokenizer, model_context, resolve_device
 from ctkd_tune.teacher_states import TeacherOutputs
 from ctkd_tune.temperature import Temperature, temperature_stats
 
@@ -85,6 +85,7 @@ def prepare(cfg: Config) -> Setup:
         raise ConfigError(f"data holds token id {max_token_id(data)} but the teacher has only {vocab_size} logits")
     student = load_student(cfg.model, teacher_model, tokenizer, device, seed=cfg.train.resolved_init_seed)
     check_same_vocabulary(tokenizer, None, teacher_model, student)
+    check_context(cfg.data.block_size, teacher=teacher_model, student=student)
     teacher = Teacher(teacher_model, with_hidden=cfg.loss.align_weight > 0)
     return Setup(teacher, student, tokenizer, data, device)
 
