@@ -36,7 +36,7 @@ def naive_loop(cfg, setup, student) -> float:
         with torch.no_grad():
             teacher_logits = teacher(x).logits.flatten(0, 1).float()  # (N, V)
         student_logits = student(x).logits.flatten(0, 1).float()  # (N, V)
-        tau = temperature(lambda_at(s.type, step, cfg.train.steps, s.lambda_max, s.warmup_ratio, s.gamma))
+        tau = temperature(lambda_at(s, step, cfg.train.steps))
         kd = F.kl_div(F.log_softmax(student_logits / tau, -1), F.softmax(teacher_logits / tau, -1),
                       reduction="batchmean") * tau ** 2
         loss = cfg.loss.kd_weight * kd + cfg.loss.ce_weight * F.cross_entropy(student_logits, y.flatten())

@@ -25,14 +25,10 @@ def check_steps(total_steps: int) -> dict[str, int]:
     return {label: max(1, math.ceil(frac * total_steps)) for label, frac in CHECK_FRACTIONS.items()}
 
 
-def warmup_steps(cfg: Config) -> int:
-    return int(cfg.schedule.warmup_ratio * cfg.train.steps)
-
-
 def temperature_runaway(history: list[dict[str, Any]], cfg: Config) -> bool:
     """True if the (mean) temperature hugs a bound over the last 10% of a learned-temperature run."""
     t = cfg.temperature
-    if t.mode not in ("ctkd", "learnable"):
+    if not t.learned:
         return False
     tail_start = cfg.train.steps - max(1, cfg.train.steps // 10)
     tail = [row["ctkd/temperature"] for row in history if row["step"] > tail_start and "ctkd/temperature" in row]
@@ -57,12 +53,12 @@ def sanity_checks(history: list[dict[str, Any]], cfg: Config) -> dict[str, dict[
         results[f"ppl@{label}"] = {"passed": row["val/ppl"] < ppl_limits[label], "value": row["val/ppl"],
                                    "limit": ppl_limits[label]}
         lo, hi = row["ctkd/temperature_min"], row["ctkd/temperature_max"]
-        in_bounds = t.mode not in ("ctkd", "learnable") or (t.tau_min - 1e-4 <= lo and hi <= t.tau_max + 1e-4)
+        in_bounds = not t.learned or (t.tau_min - 1e-4 <= lo and hi <= t.tau_max + 1e-4)
         results[f"temperature_in_bounds@{label}"] = {"passed": in_bounds, "value": [lo, hi],
                                                      "limit": [t.tau_min, t.tau_max]}
-        if t.mode == "ctkd":
+        if t.adversarial:
             lam = row["ctkd/lambda"]
-            if step - 1 < warmup_steps(cfg):  # row "step" counts completed updates; λ used 0-based step - 1
+            if step - 1 < s.warmup_steps(cfg.train.steps):  # row "step" counts completed updates; λ used 0-based step - 1
                 results[f"lambda_zero_in_warmup@{label}"] = {"passed": lam == 0.0, "value": lam, "limit": 0.0}
             if label == "100%":
                 ok = abs(lam - s.lambda_max) <= 1e-3 * max(1.0, s.lambda_max)

@@ -24,6 +24,7 @@ class ConfigError(ValueError):
 
 
 TEMPERATURE_MODES = ("ctkd", "learnable", "fixed", "anneal")
+LEARNED_MODES = ("ctkd", "learnable")  # modes whose temperature has parameters an optimiser trains
 GRANULARITIES = ("global", "token")
 SCHEDULE_TYPES = ("cosine", "exp", "linear", "constant")
 TEMPERATURE_OPTIMIZERS = ("sgd", "adamw")
@@ -31,6 +32,8 @@ TEMPERATURE_OPTIMIZERS = ("sgd", "adamw")
 
 @dataclass
 class ModelConfig:
+    """Which teacher and student to load, or how to derive the student from the teacher."""
+
     teacher: str = "builtin:shakespeare"
     """Teacher: a hub id or local directory, or `builtin:shakespeare` / `builtin:tiny` (embedded, offline)."""
     teacher_gguf_file: str | None = None
@@ -53,6 +56,8 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
+    """The text to distil on and how it is cut into sequences and held out."""
+
     source: str | list[str] = "builtin:shakespeare"
     """Text: `builtin:shakespeare`, `builtin:tiny`, or paths to a directory, .txt, .jsonl or .parquet files."""
     text_column: str = "text"
@@ -67,6 +72,8 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
+    """The student's optimisation, evaluation cadence, seeds, caches, checkpoints and device."""
+
     steps: int = 400
     """Optimiser steps for the whole run; every schedule is defined over this horizon."""
     batch_size: int = 16
@@ -104,9 +111,21 @@ class TrainConfig:
     threads: int | None = None
     """CPU threads for torch; None keeps torch's default."""
 
+    @property
+    def resolved_data_seed(self) -> int:
+        """The seed of the data order: `data_seed`, else `seed`."""
+        return self.seed if self.data_seed is None else self.data_seed
+
+    @property
+    def resolved_init_seed(self) -> int:
+        """The seed of the student's initial weights: `init_seed`, else `seed`."""
+        return self.seed if self.init_seed is None else self.init_seed
+
 
 @dataclass
 class LossConfig:
+    """The blend of the distillation loss, the cross-entropy and the optional hidden-state alignment."""
+
     kd_weight: float = 0.5
     """Weight of the temperature-scaled KD loss τ²·KL(teacher ‖ student)."""
     ce_weight: float = 0.5
@@ -119,6 +138,8 @@ class LossConfig:
 
 @dataclass
 class TemperatureConfig:
+    """The distillation temperature: how it is set or learned, its bounds and its own optimiser."""
+
     mode: str = "ctkd"
     """ctkd (adversarial, GRL) | learnable (plain minimisation, the broken ablation) | fixed | anneal."""
     granularity: str = "global"
@@ -142,9 +163,21 @@ class TemperatureConfig:
     hidden_dim: int = 64
     """Hidden width of the per-token temperature predictor."""
 
+    @property
+    def learned(self) -> bool:
+        """τ has parameters that an optimiser trains (modes ctkd and learnable)."""
+        return self.mode in LEARNED_MODES
+
+    @property
+    def adversarial(self) -> bool:
+        """τ maximises the KD loss through the GRL, with λ from the schedule (mode ctkd)."""
+        return self.mode == "ctkd"
+
 
 @dataclass
 class ScheduleConfig:
+    """The λ curriculum: the adversary's strength over the run (used by mode `ctkd` only)."""
+
     type: str = "cosine"
     """λ curriculum: cosine | exp | linear | constant."""
     lambda_max: float = 1.0
@@ -154,9 +187,15 @@ class ScheduleConfig:
     gamma: float = 10.0
     """Steepness of the `exp` schedule 2/(1+exp(-γp)) - 1."""
 
+    def warmup_steps(self, total_steps: int) -> int:
+        """Steps with λ = 0 at the start of a run of `total_steps`."""
+        return int(self.warmup_ratio * total_steps)
+
 
 @dataclass
 class ChecksConfig:
+    """Sanity thresholds a run is judged by (the plan's numbers for the embedded default)."""
+
     ppl_target: float = 250.0
     """Final val/ppl the student must reach."""
     ppl_at_10: float = 2000.0
@@ -169,6 +208,8 @@ class ChecksConfig:
 
 @dataclass
 class Config:
+    """One distillation run: every section, validated on construction (ConfigError names the field)."""
+
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -225,7 +266,7 @@ def validate(cfg: Config) -> None:
     for name in ("fixed_value", "anneal_start", "anneal_end", "lr"):
         if not getattr(t, name) > 0:
             raise ConfigError(f"temperature.{name} must be > 0, got {getattr(t, name)}")
-    if t.granularity == "token" and t.mode in ("fixed", "anneal"):
+    if t.granularity == "token" and not t.learned:
         raise ConfigError(f"temperature.granularity 'token' needs a learned temperature, not mode '{t.mode}'")
     if not s.lambda_max >= 0:
         raise ConfigError(f"schedule.lambda_max must be >= 0, got {s.lambda_max}")

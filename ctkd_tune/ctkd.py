@@ -12,7 +12,8 @@ This module holds the pieces as small named objects:
 - ``GradientReversalFunction`` / ``GradientReversalLayer``: identity forward, −λ·grad backward.
 - ``CTKDTemperature``: one global learnable τ ∈ (tau_min, tau_max) through a sigmoid.
 - ``CTKDTemperaturePredictor`` + ``token_features``: one τ per token from detached, compact features.
-- λ schedules (``LAMBDA_SCHEDULES``, ``lambda_at``): cosine, exp (DANN), linear, constant.
+- λ schedules (``LAMBDA_SCHEDULES``: name → shape, ``lambda_at(cfg.schedule, step, total)``): cosine, exp
+  (DANN), linear, constant.
 
 The loss itself (``kd_loss``, τ²·KL chunked with an analytic backward) lives in ``ctkd_tune.losses``.
 """
@@ -22,6 +23,8 @@ from typing import Callable
 
 import torch
 import torch.nn as nn
+
+from ctkd_tune.config import ScheduleConfig
 
 
 # -----------------------------------------------------------------------------
@@ -142,11 +145,9 @@ class CTKDTemperaturePredictor(nn.Module):
     MLP = Linear(input_dim, hidden_dim) → ReLU → Linear(hidden_dim, 1). The features are detached here, so the
     reversed gradient reaches only the MLP, never the student. The last layer starts at weight 0 and
     bias logit((init − tau_min)/(tau_max − tau_min)): every token starts at τ = init, like ``CTKDTemperature``.
-    ``token_features`` (also ``CTKDTemperaturePredictor.token_features``) builds f with input_dim = 4; the
-    features are raw (entropies in nats, logits), so keep their scale in mind when choosing the lr.
+    ``token_features`` builds f with input_dim = 4; the features are raw (entropies in nats, logits), so keep
+    their scale in mind when choosing the lr.
     """
-
-    token_features = staticmethod(token_features)
 
     def __init__(self, input_dim: int, tau_min: float = 1.0, tau_max: float = 5.0, hidden_dim: int = 64,
                  init: float = 2.0):
@@ -170,7 +171,41 @@ class CTKDTemperaturePredictor(nn.Module):
 # λ curriculum. Every schedule: λ = 0 for step < warmup_steps = int(warmup_ratio · total_steps), then rises
 # with the progress p = (step − warmup_steps) / (total_steps − 1 − warmup_steps) ∈ [0, 1] (clamped) to
 # exactly λ_max at the last step, step = total_steps − 1. When the last step is the first one after warmup,
-# p = 1 there.
+# p = 1 there. A schedule is only its shape: p ↦ λ/λ_max, from [0, 1] onto [0, 1], given the ScheduleConfig.
+
+def _cosine(p: float, schedule: ScheduleConfig) -> float:
+    """(1 − cos(π p)) / 2: slow start, slow finish."""
+    return (1.0 - math.cos(math.pi * p)) / 2.0
+
+
+def _exp(p: float, schedule: ScheduleConfig) -> float:
+    """DANN's 2/(1 + e^(−γp)) − 1, normalised to end at 1 (unnormalised it ends at 0.99991 for γ = 10).
+
+    Rises fast early: at γ = 10 it is already 0.76 at p = 0.2.
+    """
+    if not schedule.gamma > 0:
+        raise ValueError(f"gamma must be > 0, got {schedule.gamma}")
+    dann = lambda x: 2.0 / (1.0 + math.exp(-schedule.gamma * x)) - 1.0
+    return dann(p) / dann(1.0)
+
+
+def _linear(p: float, schedule: ScheduleConfig) -> float:
+    """p."""
+    return p
+
+
+def _constant(p: float, schedule: ScheduleConfig) -> float:
+    """1 right after warmup: a step function."""
+    return 1.0
+
+
+LAMBDA_SCHEDULES: dict[str, Callable[[float, ScheduleConfig], float]] = {
+    "cosine": _cosine,
+    "exp": _exp,
+    "linear": _linear,
+    "constant": _constant,
+}  # the keys are config.SCHEDULE_TYPES (a contract test checks it)
+
 
 def _progress(step: int, total_steps: int, lambda_max: float, warmup_ratio: float) -> float | None:
     """Validate the arguments; return None during warmup, else the progress p ∈ [0, 1]."""
@@ -187,54 +222,21 @@ def _progress(step: int, total_steps: int, lambda_max: float, warmup_ratio: floa
     return min(max((step - warmup_steps) / span, 0.0), 1.0) if span > 0 else 1.0
 
 
+def lambda_at(schedule: ScheduleConfig, step: int, total_steps: int) -> float:
+    """λ at 0-based ``step`` of ``total_steps``: 0 during warmup, then λ_max · shape(p) for the named schedule."""
+    shape = LAMBDA_SCHEDULES.get(schedule.type)
+    if shape is None:
+        raise ValueError(f"unknown lambda schedule {schedule.type!r}; valid names: {sorted(LAMBDA_SCHEDULES)}")
+    p = _progress(step, total_steps, schedule.lambda_max, schedule.warmup_ratio)
+    return 0.0 if p is None else min(schedule.lambda_max, schedule.lambda_max * shape(p, schedule))
+
+
 def get_lambda(step: int, total_steps: int, lambda_max: float = 1.0, warmup_ratio: float = 0.2) -> float:
-    """Cosine rise: λ = λ_max · (1 − cos(π p)) / 2 (0 during warmup)."""
-    p = _progress(step, total_steps, lambda_max, warmup_ratio)
-    return 0.0 if p is None else min(lambda_max, lambda_max * (1.0 - math.cos(math.pi * p)) / 2.0)
+    """The plan's default curriculum, cosine: λ = λ_max · (1 − cos(π p)) / 2 (0 during warmup)."""
+    return lambda_at(ScheduleConfig("cosine", lambda_max, warmup_ratio), step, total_steps)
 
 
 def get_lambda_exp(step: int, total_steps: int, gamma: float = 10.0, lambda_max: float = 1.0,
                    warmup_ratio: float = 0.0) -> float:
-    """DANN schedule, normalised to end at λ_max:
-
-        λ = λ_max · (2/(1 + e^(−γp)) − 1) / (2/(1 + e^(−γ)) − 1)
-
-    Without the normalisation it would end at 0.99991·λ_max for γ = 10. Rises fast early: at γ = 10,
-    λ = 0.76·λ_max already at p = 0.2.
-    """
-    if not gamma > 0:
-        raise ValueError(f"gamma must be > 0, got {gamma}")
-    p = _progress(step, total_steps, lambda_max, warmup_ratio)
-    if p is None:
-        return 0.0
-    dann = lambda x: 2.0 / (1.0 + math.exp(-gamma * x)) - 1.0
-    return min(lambda_max, lambda_max * dann(p) / dann(1.0))
-
-
-def get_lambda_linear(step: int, total_steps: int, lambda_max: float = 1.0, warmup_ratio: float = 0.2) -> float:
-    """Linear rise: λ = λ_max · p (0 during warmup)."""
-    p = _progress(step, total_steps, lambda_max, warmup_ratio)
-    return 0.0 if p is None else lambda_max * p
-
-
-def get_lambda_constant(step: int, total_steps: int, lambda_max: float = 1.0, warmup_ratio: float = 0.0) -> float:
-    """Step function: λ = λ_max after warmup (0 during warmup)."""
-    p = _progress(step, total_steps, lambda_max, warmup_ratio)
-    return 0.0 if p is None else lambda_max
-
-
-LAMBDA_SCHEDULES: dict[str, Callable[..., float]] = {
-    "cosine": get_lambda,
-    "exp": get_lambda_exp,
-    "linear": get_lambda_linear,
-    "constant": get_lambda_constant,
-}
-
-
-def lambda_at(schedule: str, step: int, total_steps: int, lambda_max: float, warmup_ratio: float,
-              gamma: float = 10.0) -> float:
-    """λ at ``step`` for the schedule named ``schedule`` (a key of LAMBDA_SCHEDULES); gamma is used by "exp" only."""
-    if schedule not in LAMBDA_SCHEDULES:
-        raise ValueError(f"unknown lambda schedule {schedule!r}; valid names: {sorted(LAMBDA_SCHEDULES)}")
-    extra = {"gamma": gamma} if schedule == "exp" else {}
-    return LAMBDA_SCHEDULES[schedule](step, total_steps, lambda_max=lambda_max, warmup_ratio=warmup_ratio, **extra)
+    """The DANN curriculum: λ = λ_max · (2/(1 + e^(−γp)) − 1) / (2/(1 + e^(−γ)) − 1) (0 during warmup)."""
+    return lambda_at(ScheduleConfig("exp", lambda_max, warmup_ratio, gamma), step, total_steps)

@@ -22,7 +22,8 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from ctkd_tune.embedded import BUILTIN_NAMES, cache_dir, corpus_documents, corpus_files
+from ctkd_tune.cache import cache_dir
+from ctkd_tune.embedded import BUILTIN_NAMES, corpus_documents, corpus_files
 
 SUFFIXES = (".txt", ".jsonl", ".parquet")
 ENCODE_BATCH_CHUNKS = 20_000  # lines per call to the fast tokenizer: parallel, yet bounded memory

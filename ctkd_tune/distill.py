@@ -2,12 +2,13 @@
 
 The loop in `distill` reads top to bottom; per step:
     1. learning rate and λ from their schedules
-    2. teacher forward (frozen, no grad) → student forward → temperature τ
-    3. loss = kd_weight · τ²·KL(teacher ‖ student at τ) + ce_weight · CE + align_weight · hidden alignment
-    4. backward (the GRL flips the temperature's gradient), clip, step both optimisers
-    5. log; every `eval_every` steps (and at 10%, 33%, 100%): evaluate, checkpoint
+    2. `loss_step`: the teacher's outputs (stored or computed) → student forward → temperature τ → loss =
+       kd_weight · τ²·KL(teacher ‖ student at τ) + ce_weight · CE + align_weight · hidden alignment
+    3. backward (the GRL flips the temperature's gradient), clip, step both optimisers
+    4. log; every `eval_every` steps (and at 10%, 33%, 100%): evaluate, checkpoint
 Its one seam to the outside is `report(metrics, checkpoint)`: the CLI passes a printer, the Ray trainable passes
-`tune.report`. Run it with `ctkd-tune distill --preset tiny --output runs/tiny`.
+`tune.report`. The teacher is reached only through `TeacherOutputs` ("the teacher's outputs for this batch").
+Run it with `ctkd-tune distill --preset tiny --output runs/tiny`.
 """
 
 from __future__ import annotations
@@ -33,10 +34,11 @@ from ctkd_tune.losses import kd_loss
 from ctkd_tune.data import TokenData, eval_batches, get_batch, load_tokens, resolve_source, split_tokens
 from ctkd_tune.models import Teacher, check_model_paths, check_same_vocabulary, load_student, load_teacher, \
     resolve_device
-from ctkd_tune.teacher_states import TeacherStates
+from ctkd_tune.teacher_states import TeacherOutputs
 from ctkd_tune.temperature import Temperature, temperature_stats
 
 Report = Callable[[dict[str, Any], "Path | None"], None]
+MAX_LOSS = 700.0  # exp(700) ≈ 1e304, near float64's largest: a validation loss beyond it counts as divergence
 
 
 @dataclass
@@ -73,8 +75,7 @@ def prepare(cfg: Config) -> Setup:
     if int(tokens.max()) >= vocab_size:
         raise ConfigError(f"data holds token id {int(tokens.max())} but the teacher has only {vocab_size} logits")
     data = split_tokens(tokens, cfg.data.val_fraction, cfg.data.block_size, vocab_size=vocab_size)
-    init_seed = cfg.train.seed if cfg.train.init_seed is None else cfg.train.init_seed
-    student = load_student(cfg.model, teacher_model, tokenizer, device, seed=init_seed)
+    student = load_student(cfg.model, teacher_model, tokenizer, device, seed=cfg.train.resolved_init_seed)
     check_same_vocabulary(tokenizer, None, teacher_model, student)
     teacher = Teacher(teacher_model, with_hidden=cfg.loss.align_weight > 0)
     return Setup(teacher, student, tokenizer, data, device)
@@ -103,30 +104,36 @@ def student_optimizer(student: nn.Module, align: nn.Module | None, cfg: Config) 
     return torch.optim.AdamW(groups, lr=cfg.train.lr, betas=(0.9, 0.95))
 
 
-class HeldOut:
-    """The held-out batches and, once computed, the teacher's logits on them (kept when they fit in `cache_mb`)."""
+def loss_step(cfg: Config, student: nn.Module, temperature: Temperature, align: nn.Module | None,
+              teacher: TeacherOutputs, i: int, x: torch.Tensor, y: torch.Tensor, lam: float,
+              autocast) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Forward → τ → loss on batch (x, y) of 0-based step i; returns (loss, kd, ce, τ).
 
-    def __init__(self, batches: list[tuple[torch.Tensor, torch.Tensor]], cache_mb: float):
-        self.batches, self.cache_mb = batches, cache_mb
-        self.teacher_logits: list[torch.Tensor | None] = [None] * len(batches)
-
-    def teacher(self, teacher: Teacher, i: int) -> torch.Tensor:
-        logits = self.teacher_logits[i]
-        if logits is None:
-            logits = teacher(self.batches[i][0]).logits  # (B, T, V)
-            if logits.numel() * logits.element_size() * len(self.batches) <= self.cache_mb * 2**20:
-                self.teacher_logits[i] = logits
-        return logits
+        loss = kd_weight · τ²·KL(teacher ‖ student at τ) + ce_weight · CE(student, y)
+               + align_weight · MSE(align(student hidden), teacher hidden)
+    """
+    with autocast():
+        teacher_out = teacher.train(i, x)  # logits (B, T, V), hidden (B, T, H_t) when aligning
+        student_out = student(x, output_hidden_states=align is not None)
+    tau = temperature(i, lam, student_out.logits, teacher_out.logits)  # () or (B*T,)
+    kd = kd_loss(student_out.logits, teacher_out.logits, tau, chunk_size=cfg.loss.chunk_size)
+    ce = F.cross_entropy(student_out.logits.flatten(0, 1).float(), y.flatten())
+    loss = cfg.loss.kd_weight * kd + cfg.loss.ce_weight * ce
+    if align is not None:
+        aligned = align(student_out.hidden_states[-1].float())
+        loss = loss + cfg.loss.align_weight * F.mse_loss(aligned, teacher_out.hidden.float())
+    return loss, kd, ce, tau
 
 
 @torch.no_grad()
-def evaluate(student: nn.Module, teacher: Teacher, held_out: HeldOut, chunk_size: int, autocast) -> dict[str, float]:
+def evaluate(student: nn.Module, teacher: TeacherOutputs, batches: list[tuple[torch.Tensor, torch.Tensor]],
+             chunk_size: int, autocast) -> dict[str, float]:
     """Held-out student perplexity, KL to the teacher at T = 1, and top-1 agreement with the teacher."""
     student.eval()
     ce_sum = kl_sum = agree = count = 0.0
-    for i, (x, y) in enumerate(held_out.batches):
+    for i, (x, y) in enumerate(batches):
         with autocast():
-            teacher_logits = held_out.teacher(teacher, i)  # (B, T, V)
+            teacher_logits = teacher.held_out(i, x).logits  # (B, T, V)
             student_logits = student(x).logits  # (B, T, V)
         n = y.numel()
         ce_sum += F.cross_entropy(student_logits.flatten(0, 1).float(), y.flatten(), reduction="sum").item()
@@ -135,7 +142,7 @@ def evaluate(student: nn.Module, teacher: Teacher, held_out: HeldOut, chunk_size
         count += n
     student.train()
     ce = ce_sum / count
-    return {"val/loss": ce, "val/ppl": math.exp(min(ce, 700.0)), "val/kl": kl_sum / count,
+    return {"val/loss": ce, "val/ppl": math.exp(min(ce, MAX_LOSS)), "val/kl": kl_sum / count,
             "val/top1_agreement": agree / count}
 
 
@@ -151,9 +158,8 @@ def distill(cfg: Config, report: Report = print_report, *, setup: Setup | None =
             progress: bool = True) -> RunResult:
     """Run (or resume) one distillation; returns the summary, the per-step history and the trained student."""
     setup = setup or prepare(cfg)
-    teacher, student, data, device = setup.teacher, setup.student, setup.data, setup.device
-    t, sched, n_steps = cfg.train, cfg.schedule, cfg.train.steps
-    data_seed = t.seed if t.data_seed is None else t.data_seed
+    student, data, device = setup.student, setup.data, setup.device
+    t, n_steps = cfg.train, cfg.train.steps
     use_bf16 = device.type == "cuda"
     autocast = lambda: torch.autocast("cuda", dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext()
 
@@ -161,12 +167,15 @@ def distill(cfg: Config, report: Report = print_report, *, setup: Setup | None =
     temperature = Temperature(cfg.temperature, n_steps).to(device)
     align = None
     if cfg.loss.align_weight > 0:
-        align = nn.Linear(student.config.hidden_size, teacher.model.config.hidden_size, bias=False).to(device)
+        align = nn.Linear(student.config.hidden_size, setup.teacher.model.config.hidden_size, bias=False).to(device)
     optimizer = student_optimizer(student, align, cfg)
     temp_optimizer = temperature.optimizer()
-    stored = TeacherStates.open(cfg, teacher, data)  # the teacher's outputs on these batches, if a driver stored them
-    held_out = HeldOut([(x.to(device), y.to(device)) for x, y in
-                        eval_batches(data.val, t.eval_batches, t.batch_size, cfg.data.block_size)], t.eval_cache_mb)
+    # What a checkpoint holds besides the step, history and RNG: the same keys are saved and restored.
+    trained = {"student": student, "optimizer": optimizer, "temperature": temperature,
+               "temperature_optimizer": temp_optimizer, "align": align}
+    teacher = TeacherOutputs.open(cfg, setup.teacher, data)  # stored states if a driver built them, else forward
+    held_out = [(x.to(device), y.to(device)) for x, y in
+                eval_batches(data.val, t.eval_batches, t.batch_size, cfg.data.block_size)]
     eval_at = evaluation_steps(cfg)
     clip = t.grad_clip if t.grad_clip > 0 else float("inf")
 
@@ -174,13 +183,9 @@ def distill(cfg: Config, report: Report = print_report, *, setup: Setup | None =
     if resume is not None:
         state = load_checkpoint(resume, device)
         check_same_run(state["config"], cfg.flat())
-        student.load_state_dict(state["student"])
-        temperature.load_state_dict(state["temperature"])
-        optimizer.load_state_dict(state["optimizer"])
-        if temp_optimizer is not None:
-            temp_optimizer.load_state_dict(state["temperature_optimizer"])
-        if align is not None:
-            align.load_state_dict(state["align"])
+        for key, obj in trained.items():
+            if obj is not None:
+                obj.load_state_dict(state[key])
         torch.set_rng_state(state["rng"].cpu())
         start, history, wall_before = state["step"] + 1, state["history"], state["wall_time"]
 
@@ -195,28 +200,17 @@ def distill(cfg: Config, report: Report = print_report, *, setup: Setup | None =
         lr = get_lr(i, cfg)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        lam = lambda_at(sched.type, i, n_steps, sched.lambda_max, sched.warmup_ratio, sched.gamma) \
-            if cfg.temperature.mode == "ctkd" else 0.0
+        lam = lambda_at(cfg.schedule, i, n_steps) if cfg.temperature.adversarial else 0.0
 
-        # 2. forward: teacher, student, temperature
-        x, y = (b.to(device) for b in get_batch(data.train, i, t.batch_size, cfg.data.block_size, data_seed))
-        with autocast():
-            teacher_out = stored.output(i, x) if stored is not None else teacher(x)  # logits (B, T, V)
-            student_out = student(x, output_hidden_states=align is not None)
-        tau = temperature(i, lam, student_out.logits, teacher_out.logits)  # () or (B*T,)
-
-        # 3. loss
-        kd = kd_loss(student_out.logits, teacher_out.logits, tau, chunk_size=cfg.loss.chunk_size)
-        ce = F.cross_entropy(student_out.logits.flatten(0, 1).float(), y.flatten())
-        loss = cfg.loss.kd_weight * kd + cfg.loss.ce_weight * ce
-        if align is not None:
-            aligned = align(student_out.hidden_states[-1].float())
-            loss = loss + cfg.loss.align_weight * F.mse_loss(aligned, teacher_out.hidden.float())
+        # 2. forward and loss: teacher outputs, student, temperature
+        x, y = (b.to(device) for b in get_batch(data.train, i, t.batch_size, cfg.data.block_size,
+                                                t.resolved_data_seed))
+        loss, kd, ce, tau = loss_step(cfg, student, temperature, align, teacher, i, x, y, lam, autocast)
         if not torch.isfinite(loss):
             status = f"diverged at step {step}: non-finite loss"
             break
 
-        # 4. backward, clip, step
+        # 3. backward, clip, step
         optimizer.zero_grad(set_to_none=True)
         if temp_optimizer is not None:
             temp_optimizer.zero_grad(set_to_none=True)
@@ -230,14 +224,14 @@ def distill(cfg: Config, report: Report = print_report, *, setup: Setup | None =
         if temp_optimizer is not None:
             temp_optimizer.step()
 
-        # 5. log, evaluate, checkpoint, report
+        # 4. log, evaluate, checkpoint, report
         row = {"step": step, "train/loss": loss.item(), "train/kd_loss": kd.item(), "train/ce_loss": ce.item(),
                "train/grad_norm": grad_norm.item(), "train/lr": lr,
                "train/tokens_per_s": x.numel() / (time.perf_counter() - tic),
                "ctkd/lambda": lam, **temperature_stats(tau)}
         if step in eval_at:
             row.update(evaluate(student, teacher, held_out, cfg.loss.chunk_size, autocast))
-            if not math.isfinite(row["val/loss"]) or row["val/loss"] >= 700.0:
+            if not math.isfinite(row["val/loss"]) or row["val/loss"] >= MAX_LOSS:
                 status = f"diverged at step {step}: non-finite validation loss"
                 break
         history.append(row)
@@ -249,10 +243,7 @@ def distill(cfg: Config, report: Report = print_report, *, setup: Setup | None =
             saved = save_checkpoint(checkpoint_dir, {
                 "step": step, "config": cfg.flat(), "history": history, "rng": torch.get_rng_state(),
                 "wall_time": wall_before + time.perf_counter() - started,
-                "student": student.state_dict(), "optimizer": optimizer.state_dict(),
-                "temperature": temperature.state_dict(),
-                "temperature_optimizer": temp_optimizer.state_dict() if temp_optimizer is not None else {},
-                "align": align.state_dict() if align is not None else {}})
+                **{key: obj.state_dict() if obj is not None else {} for key, obj in trained.items()}})
         report(row, saved)
     bar.close()
 

@@ -14,13 +14,10 @@ Build the big teacher ahead of time (`ctkd-tune teacher` calls the same function
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import math
 import os
-import shutil
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+from ctkd_tune.cache import build_once, cache_dir
 
 BUILTIN_NAMES = ("shakespeare", "tiny")
 EOS_TOKEN = "<|endoftext|>"
@@ -67,11 +66,6 @@ RECIPES = {
                    bf16=False, threads=1),
 }
 N_POSITIONS = 256  # context length of every builtin model
-
-
-def cache_dir() -> Path:
-    """Root of ctkd-tune's caches: $CTKD_TUNE_CACHE if set, else ~/.cache/ctkd-tune."""
-    return Path(os.environ.get("CTKD_TUNE_CACHE") or Path.home() / ".cache" / "ctkd-tune")
 
 
 def _recipe(name: str) -> Recipe:
@@ -112,42 +106,6 @@ def corpus_documents(name: str) -> list[str]:
 
 
 # -----------------------------------------------------------------------------
-# build-once cache entries
-
-@contextlib.contextmanager
-def file_lock(path: Path) -> Iterator[None]:
-    """Hold an exclusive flock on `path` so concurrent processes (Ray trials) build an entry only once."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
-def _build_once(target: Path, build: Callable[[Path], None], ready: Callable[[Path], bool] = Path.is_dir) -> Path:
-    """Make directory `target` with `build(tmp_dir)` unless `ready(target)`; a crash never leaves a half entry."""
-    if ready(target):
-        return target
-    with file_lock(target.with_name(target.name + ".lock")):
-        if ready(target):  # another process built it while we waited for the lock
-            return target
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-        try:
-            build(tmp)
-            if target.exists():  # stale or forced: move the old entry aside, since rename won't replace a full dir
-                old = target.with_name(f".{target.name}.old.{os.getpid()}")
-                os.replace(target, old)
-                shutil.rmtree(old)
-            tmp.chmod(0o755)  # mkdtemp makes it private (0o700); a cache entry should read like any dir
-            os.replace(tmp, target)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return target
-
-
-# -----------------------------------------------------------------------------
 # tokenizer
 
 def _train_tokenizer(name: str) -> PreTrainedTokenizerFast:
@@ -165,7 +123,7 @@ def _train_tokenizer(name: str) -> PreTrainedTokenizerFast:
 
 def builtin_tokenizer(name: str) -> PreTrainedTokenizerFast:
     """The BPE tokenizer of builtin corpus `name`, trained on first use and cached under tokenizers/NAME/."""
-    path = _build_once(cache_dir() / "tokenizers" / name, lambda tmp: _train_tokenizer(name).save_pretrained(tmp))
+    path = build_once(cache_dir() / "tokenizers" / name, lambda tmp: _train_tokenizer(name).save_pretrained(tmp))
     return PreTrainedTokenizerFast.from_pretrained(path, local_files_only=True)
 
 
@@ -293,7 +251,7 @@ def build_teacher(name: str = "shakespeare", force: bool = False, log: Callable[
         info = path / "teacher.json"
         return not force and info.is_file() and json.loads(info.read_text())["recipe"] == asdict(_recipe(name))
 
-    return _build_once(cache_dir() / "teachers" / name, lambda tmp: _pretrain(name, tmp, log), ready)
+    return build_once(cache_dir() / "teachers" / name, lambda tmp: _pretrain(name, tmp, log), ready)
 
 
 def builtin_teacher(name: str, device: str | torch.device = "cpu") -> tuple[GPT2LMHeadModel, PreTrainedTokenizerFast]:
@@ -301,8 +259,3 @@ def builtin_teacher(name: str, device: str | torch.device = "cpu") -> tuple[GPT2
     path = build_teacher(name)
     model = GPT2LMHeadModel.from_pretrained(path, local_files_only=True).to(device).eval()
     return model, PreTrainedTokenizerFast.from_pretrained(path, local_files_only=True)
-
-
-def teacher_info(name: str) -> dict:
-    """The teacher.json of builtin teacher `name` (built first if missing): steps, held-out ppl, wall time, seed."""
-    return json.loads((build_teacher(name) / "teacher.json").read_text())

@@ -6,9 +6,10 @@ The logits are V wide, too big to keep; the teacher's last hidden state is H wid
 embedded teacher) and its LM head turns it back into the logits, exactly: the head is a cheap part of the forward
 (≈ 1/3 of it for the embedded teacher), the transformer body is the rest.
 
-    path = build(cfg, setup)          # the search / validate driver, before its runs; None if it does not apply
-    stored = TeacherStates.open(cfg, setup.teacher, setup.data)   # in `distill`: None unless built for its batches
-    out = stored.output(step, x)      # TeacherOutput, as `teacher(x)` gives
+    path = build(cfg, teacher, data)                    # the search / validate driver, before its runs
+    outputs = TeacherOutputs.open(cfg, teacher, data)  # in `distill`: the loop's one view of the teacher
+    out = outputs.train(step, x)                        # TeacherOutput: stored when it matches, else computed
+    out = outputs.held_out(i, x)                        # held-out batch i: computed once, kept when it fits
 
 An entry (in `cache_dir()/teacher-states/KEY/`) holds hidden.npy (steps, B, T, H) float32, ids.npy (steps, B, T)
 int32 and meta.json. KEY hashes the teacher (its config and a sample of its weights), the training tokens, the
@@ -34,7 +35,7 @@ import torch
 
 from ctkd_tune.config import Config
 from ctkd_tune.data import TokenData, get_batch
-from ctkd_tune.embedded import cache_dir, file_lock
+from ctkd_tune.cache import cache_dir, file_lock
 from ctkd_tune.models import Teacher, TeacherOutput
 
 KEEP_ENTRIES = 4
@@ -74,6 +75,40 @@ class TeacherStates:
         return TeacherOutput(self.head(hidden), hidden if self.teacher.with_hidden else None)
 
 
+class TeacherOutputs:
+    """The loop's one view of the teacher: its outputs for training step i on batch x, and for held-out batch i.
+
+    Training batches come from the stored entry (`TeacherStates`) when a driver built one for these batches and the
+    step's input ids match, else from the teacher's forward. Held-out batches come from the forward, kept after
+    their first evaluation when all `eval_batches` of them fit in `eval_cache_mb` (the teacher is frozen).
+    Either way the loop gets the same `TeacherOutput` and never knows where it came from.
+    """
+
+    def __init__(self, teacher: Teacher, stored: TeacherStates | None = None, eval_cache_mb: float = 0.0,
+                 eval_batches: int = 1):
+        self.teacher, self.stored = teacher, stored
+        self.eval_cache_bytes, self.eval_batches = eval_cache_mb * 2**20, eval_batches
+        self.kept: dict[int, TeacherOutput] = {}
+
+    @classmethod
+    def open(cls, cfg: Config, teacher: Teacher, data: TokenData) -> TeacherOutputs:
+        stored = TeacherStates.open(cfg, teacher, data)
+        return cls(teacher, stored, cfg.train.eval_cache_mb, cfg.train.eval_batches)
+
+    def train(self, step: int, x: torch.Tensor) -> TeacherOutput:
+        """The teacher's output on training batch `x` of 0-based `step`."""
+        return self.stored.output(step, x) if self.stored is not None else self.teacher(x)
+
+    def held_out(self, i: int, x: torch.Tensor) -> TeacherOutput:
+        """The teacher's output on held-out batch `x`, the i-th of the evaluation."""
+        out = self.kept.get(i)
+        if out is None:
+            out = self.teacher(x)
+            if out.logits.numel() * out.logits.element_size() * self.eval_batches <= self.eval_cache_bytes:
+                self.kept[i] = out
+        return out
+
+
 def build(cfg: Config, teacher: Teacher, data: TokenData, log=print) -> Path | None:
     """Compute the entry for cfg's training batches unless it exists; None when it cannot or should not be."""
     if cfg.train.teacher_cache_mb <= 0:
@@ -82,7 +117,7 @@ def build(cfg: Config, teacher: Teacher, data: TokenData, log=print) -> Path | N
     if (directory / "meta.json").is_file():
         os.utime(directory / "meta.json")
         return directory
-    t, seed = cfg.train, _data_seed(cfg)
+    t, seed = cfg.train, cfg.train.resolved_data_seed
     device = next(teacher.model.parameters()).device
     x, _ = get_batch(data.train, 0, t.batch_size, cfg.data.block_size, seed)
     hidden, exact = _probe(teacher, x.to(device))
@@ -104,7 +139,7 @@ def build(cfg: Config, teacher: Teacher, data: TokenData, log=print) -> Path | N
 
 
 def _write(directory: Path, cfg: Config, teacher: Teacher, data: TokenData, device, size_mb: float, log) -> None:
-    t, seed = cfg.train, _data_seed(cfg)
+    t, seed = cfg.train, cfg.train.resolved_data_seed
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
     try:
         tic = time.perf_counter()
@@ -137,10 +172,6 @@ def _entries() -> Path:
     return cache_dir() / "teacher-states"
 
 
-def _data_seed(cfg: Config) -> int:
-    return cfg.train.seed if cfg.train.data_seed is None else cfg.train.data_seed
-
-
 @torch.no_grad()
 def _body(teacher: Teacher, x: torch.Tensor) -> torch.Tensor:
     """The teacher's last hidden state (after its final norm): what its LM head reads."""
@@ -165,7 +196,7 @@ def _key(cfg: Config, teacher: Teacher, data: TokenData) -> str:
     model = teacher.model
     h.update(json.dumps({"version": VERSION, "config": model.config.to_json_string(), "steps": cfg.train.steps,
                          "batch_size": cfg.train.batch_size, "block_size": cfg.data.block_size,
-                         "data_seed": _data_seed(cfg)}, sort_keys=True).encode())
+                         "data_seed": cfg.train.resolved_data_seed}, sort_keys=True).encode())
     for name, p in model.state_dict().items():  # a sample of every tensor: another checkpoint, another key
         h.update(name.encode())
         h.update(p.detach().flatten()[:256].float().cpu().numpy().tobytes())

@@ -14,6 +14,8 @@ longer depends on λ, and the λ curriculum collapses to a sign switch (see READ
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import nn
 
@@ -23,32 +25,39 @@ from ctkd_tune.ctkd import CTKDTemperature, CTKDTemperaturePredictor, token_feat
 NUM_TOKEN_FEATURES = 4  # teacher entropy, student entropy, teacher max logit, student max logit
 
 
+# The temperatures nobody learns: mode → τ at progress p ∈ [0, 1] of the run.
+SET: dict[str, Callable[[TemperatureConfig, float], float]] = {
+    "fixed": lambda cfg, p: cfg.fixed_value,  # fallback A
+    "anneal": lambda cfg, p: cfg.anneal_start + (cfg.anneal_end - cfg.anneal_start) * p,  # fallback B
+}
+
+# The learned ones: granularity → the module holding τ's parameters.
+LEARNED: dict[str, Callable[[TemperatureConfig], nn.Module]] = {
+    "global": lambda cfg: CTKDTemperature(cfg.tau_min, cfg.tau_max, cfg.tau_init),
+    "token": lambda cfg: CTKDTemperaturePredictor(NUM_TOKEN_FEATURES, cfg.tau_min, cfg.tau_max,
+                                                  hidden_dim=cfg.hidden_dim, init=cfg.tau_init),
+}
+# SET's keys and config.LEARNED_MODES are config.TEMPERATURE_MODES; LEARNED's are config.GRANULARITIES (tested).
+
+
 class Temperature(nn.Module):
     """τ(step, λ) for the configured mode; `optimizer()` returns the optimiser of its parameters (or None)."""
 
     def __init__(self, cfg: TemperatureConfig, total_steps: int):
         super().__init__()
         self.cfg, self.total_steps = cfg, total_steps
-        self.learned = cfg.mode in ("ctkd", "learnable")
         self.module: nn.Module | None = None
-        if self.learned and cfg.granularity == "global":
-            self.module = CTKDTemperature(cfg.tau_min, cfg.tau_max, cfg.tau_init)
-        elif self.learned:
-            self.module = CTKDTemperaturePredictor(NUM_TOKEN_FEATURES, cfg.tau_min, cfg.tau_max,
-                                                   hidden_dim=cfg.hidden_dim, init=cfg.tau_init)
+        if cfg.learned:
+            self.module = LEARNED[cfg.granularity](cfg)
 
     def forward(self, step: int, lambda_: float, student_logits: torch.Tensor,
                 teacher_logits: torch.Tensor) -> torch.Tensor:
         """τ as a 0-d float32 tensor (global) or one value per token, shape (B*T,) (token)."""
         cfg = self.cfg
-        if cfg.mode == "fixed":
-            return torch.tensor(cfg.fixed_value, device=student_logits.device)
-        if cfg.mode == "anneal":
-            progress = step / max(1, self.total_steps - 1)
-            return torch.tensor(cfg.anneal_start + (cfg.anneal_end - cfg.anneal_start) * progress,
-                                device=student_logits.device)
+        if not cfg.learned:
+            return torch.tensor(SET[cfg.mode](cfg, step / max(1, self.total_steps - 1)), device=student_logits.device)
         # learnable = the same module with λ = -1: the GRL's backward -λ·grad is then +grad, plain minimisation.
-        grl_lambda = lambda_ if cfg.mode == "ctkd" else -1.0
+        grl_lambda = lambda_ if cfg.adversarial else -1.0
         if cfg.granularity == "global":
             return self.module(grl_lambda)
         features = token_features(student_logits, teacher_logits)  # (B*T, 4), computed without grad

@@ -20,9 +20,11 @@ from ctkd_tune.ctkd import (
     GradientReversalFunction,
     GradientReversalLayer,
     get_lambda,
+    get_lambda_exp,
     lambda_at,
     token_features,
 )
+from ctkd_tune.config import ScheduleConfig
 from ctkd_tune.losses import kd_loss
 
 
@@ -184,7 +186,8 @@ def test_cosine_schedule_values():
     (3000, 0.2, 1.0), (100, 0.0, 0.5), (7, 0.5, 2.0), (1, 0.0, 1.0), (2, 0.9, 1.0),
 ])
 def test_schedule_contract(schedule, total_steps, warmup_ratio, lambda_max):
-    values = [lambda_at(schedule, step, total_steps, lambda_max, warmup_ratio) for step in range(total_steps)]
+    cfg = ScheduleConfig(type=schedule, lambda_max=lambda_max, warmup_ratio=warmup_ratio)
+    values = [lambda_at(cfg, step, total_steps) for step in range(total_steps)]
     warmup_steps = int(warmup_ratio * total_steps)
     assert all(isinstance(v, float) and 0.0 <= v <= lambda_max for v in values)
     assert all(v == 0.0 for v in values[:warmup_steps])
@@ -196,24 +199,29 @@ def test_schedule_contract(schedule, total_steps, warmup_ratio, lambda_max):
 
 @pytest.mark.parametrize("schedule", sorted(LAMBDA_SCHEDULES))
 def test_lambda_at_dispatches_to_the_named_schedule(schedule):
-    fn = LAMBDA_SCHEDULES[schedule]
-    assert fn(50, 100, lambda_max=1.0, warmup_ratio=0.1) == lambda_at(schedule, 50, 100, 1.0, 0.1)
+    cfg = ScheduleConfig(type=schedule, lambda_max=0.5, warmup_ratio=0.1)
+    shape = LAMBDA_SCHEDULES[schedule]
+    assert 0.5 * shape((50 - 10) / (100 - 1 - 10), cfg) == lambda_at(cfg, 50, 100)
 
 
 def test_exp_schedule_is_normalised_dann():
     dann = lambda p: 2.0 / (1.0 + math.exp(-10.0 * p)) - 1.0
-    assert lambda_at("exp", 50, 101, 1.0, 0.0) == pytest.approx(dann(0.5) / dann(1.0), rel=1e-12)
-    assert lambda_at("exp", 100, 101, 1.0, 0.0) == 1.0
+    cfg = ScheduleConfig(type="exp", lambda_max=1.0, warmup_ratio=0.0, gamma=10.0)
+    assert lambda_at(cfg, 50, 101) == pytest.approx(dann(0.5) / dann(1.0), rel=1e-12)
+    assert lambda_at(cfg, 100, 101) == 1.0
+    assert get_lambda_exp(50, 101) == lambda_at(cfg, 50, 101)
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    (dict(schedule="sigmoid"), "cosine"),
+    (dict(type="sigmoid"), "cosine"),
     (dict(warmup_ratio=1.0), "warmup_ratio"),
     (dict(warmup_ratio=-0.1), "warmup_ratio"),
     (dict(total_steps=0), "total_steps"),
     (dict(lambda_max=-1.0), "lambda_max"),
+    (dict(type="exp", gamma=0.0), "gamma"),
 ])
 def test_lambda_at_rejects_bad_arguments(kwargs, match):
-    args = dict(schedule="cosine", step=0, total_steps=10, lambda_max=1.0, warmup_ratio=0.2) | kwargs
+    total_steps = kwargs.pop("total_steps", 10)
+    schedule = ScheduleConfig(**(dict(type="cosine", lambda_max=1.0, warmup_ratio=0.2) | kwargs))
     with pytest.raises(ValueError, match=match):
-        lambda_at(**args)
+        lambda_at(schedule, 9, total_steps)

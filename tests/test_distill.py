@@ -7,6 +7,7 @@ import torch
 
 from ctkd_tune import distill, load_config, prepare
 from ctkd_tune.checks import check_steps
+from ctkd_tune.config import GRANULARITIES, LEARNED_MODES, TEMPERATURE_MODES
 
 QUIET = dict(report=lambda metrics, checkpoint: None, progress=False)
 STEP_KEYS = {"step", "train/loss", "train/kd_loss", "train/ce_loss", "train/grad_norm", "train/lr",
@@ -106,10 +107,10 @@ def test_a_non_finite_loss_stops_with_a_status_not_a_crash():
     assert all(math.isfinite(v) for row in result.history for v in row.values() if isinstance(v, float))
 
 
-@pytest.mark.parametrize("mode", ["ctkd", "learnable", "fixed", "anneal"])
-@pytest.mark.parametrize("granularity", ["global", "token"])
+@pytest.mark.parametrize("mode", TEMPERATURE_MODES)
+@pytest.mark.parametrize("granularity", GRANULARITIES)
 def test_every_mode_runs_and_reports_its_temperature(mode, granularity):
-    if granularity == "token" and mode in ("fixed", "anneal"):
+    if granularity == "token" and mode not in LEARNED_MODES:
         pytest.skip("per-token temperature needs a learned mode")
     cfg = tiny(f"temperature.mode={mode}", f"temperature.granularity={granularity}", "train.steps=20")
     rows = distill(cfg, **QUIET).history

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from ctkd_tune import cache as cache_mod
 from ctkd_tune import data, embedded
 
 
@@ -24,9 +25,9 @@ def cache(tmp_path_factory, monkeypatch) -> Path:
 
 def test_cache_dir_follows_env(monkeypatch, tmp_path):
     monkeypatch.setenv("CTKD_TUNE_CACHE", str(tmp_path))
-    assert embedded.cache_dir() == tmp_path
+    assert cache_mod.cache_dir() == tmp_path
     monkeypatch.delenv("CTKD_TUNE_CACHE")
-    assert embedded.cache_dir() == Path.home() / ".cache" / "ctkd-tune"
+    assert cache_mod.cache_dir() == Path.home() / ".cache" / "ctkd-tune"
 
 
 def test_corpus():
@@ -83,7 +84,7 @@ def test_build_once_is_atomic_and_builds_once(tmp_path):
         raise RuntimeError("killed mid-build")
 
     with pytest.raises(RuntimeError):
-        embedded._build_once(target, crash)
+        cache_mod.build_once(target, crash)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["entry.lock"]  # no half entry, no temp dir left
 
     calls = []
@@ -93,7 +94,7 @@ def test_build_once_is_atomic_and_builds_once(tmp_path):
         time.sleep(0.2)
         (tmp / "ok").write_text("1")
 
-    threads = [threading.Thread(target=embedded._build_once, args=(target, slow_build)) for _ in range(3)]
+    threads = [threading.Thread(target=cache_mod.build_once, args=(target, slow_build)) for _ in range(3)]
     for t in threads:
         t.start()
     for t in threads:
@@ -101,7 +102,7 @@ def test_build_once_is_atomic_and_builds_once(tmp_path):
     assert len(calls) == 1 and (target / "ok").read_text() == "1"  # the waiters found it built
 
     # a stale entry (`ready` says no) is replaced whole
-    embedded._build_once(target, lambda tmp: (tmp / "new").write_text("2"), ready=lambda p: (p / "new").exists())
+    cache_mod.build_once(target, lambda tmp: (tmp / "new").write_text("2"), ready=lambda p: (p / "new").exists())
     assert sorted(p.name for p in target.iterdir()) == ["new"]
 
 

@@ -1,0 +1,49 @@
+"""Contract tests: every name the config accepts has exactly one implementation, and the default search space
+offers exactly the names the config accepts.
+
+Run: python -m pytest tests/test_contracts.py
+
+Adding a λ schedule, a temperature mode or a granularity means adding it to the config's list and to the one
+table that implements it; these tests fail until both (and the default search space) agree.
+"""
+
+from ctkd_tune.config import GRANULARITIES, LEARNED_MODES, SCHEDULE_TYPES, TEMPERATURE_MODES
+from ctkd_tune.ctkd import LAMBDA_SCHEDULES
+from ctkd_tune.temperature import LEARNED, SET
+
+
+class RecordingTrial:
+    """Stands in for an Optuna trial: records every categorical's choices and answers with the first choice."""
+
+    def __init__(self):
+        self.choices: dict[str, list] = {}
+
+    def suggest_categorical(self, name, choices):
+        self.choices[name] = list(choices)
+        return choices[0]
+
+    def suggest_float(self, name, low, high, **kwargs):
+        return low
+
+    def suggest_int(self, name, low, high, **kwargs):
+        return low
+
+
+def test_lambda_schedules_are_the_configs_schedule_types():
+    assert tuple(LAMBDA_SCHEDULES) == SCHEDULE_TYPES
+
+
+def test_temperature_modes_are_implemented_once():
+    # A mode is either set (no parameters) or learned (a module per granularity), never both, never neither.
+    assert set(SET).isdisjoint(LEARNED_MODES)
+    assert set(SET) | set(LEARNED_MODES) == set(TEMPERATURE_MODES)
+    assert tuple(LEARNED) == GRANULARITIES
+
+
+def test_the_default_space_offers_exactly_the_configs_names():
+    from search_spaces.default import default_space
+
+    trial = RecordingTrial()
+    default_space(trial)
+    assert set(trial.choices["schedule.type"]) == set(SCHEDULE_TYPES)
+    assert set(trial.choices["temperature.granularity"]) == set(GRANULARITIES)
