@@ -141,7 +141,7 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=2, help="timed forward+backward runs per process")
     parser.add_argument("--rounds", type=int, default=2, help="alternating logits/fused process pairs")
     parser.add_argument("--kd-chunk-size", type=int, default=1024, help="kd_loss chunk (tokens) of the logits path")
-    parser.add_argument("--chunk-mb", type=float, default=256.0, help="chunk memory budget of the fused path")
+    parser.add_argument("--chunk-mb", type=float, default=128.0, help="chunk memory budget of the fused path")
     parser.add_argument("--max-memory-ratio", type=float, default=0.1, help="fail above this fused/logits ratio")
     parser.add_argument("--max-time-ratio", type=float, default=1.0, help="fail above this fused/logits ratio")
     parser.add_argument("--child", choices=sorted(PATHS), help=argparse.SUPPRESS)

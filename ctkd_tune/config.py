@@ -28,6 +28,7 @@ LEARNED_MODES = ("ctkd", "learnable")  # modes whose temperature has parameters 
 GRANULARITIES = ("global", "token")
 SCHEDULE_TYPES = ("cosine", "exp", "linear", "constant")
 TEMPERATURE_OPTIMIZERS = ("sgd", "adamw")
+FUSED_CHOICES = ("auto", "true", "false")
 
 
 @dataclass
@@ -134,6 +135,11 @@ class LossConfig:
     """Weight of the hidden-state alignment (MSE after a learned student→teacher projection); 0 disables."""
     chunk_size: int = 1024
     """Tokens per chunk in the KD loss: bounds the extra full-vocabulary memory."""
+    fused: str = "auto"
+    """auto | true | false: head + KD + CE fused from hidden states, never holding (tokens, vocab) logits (auto:
+    when both models' logits are a plain linear head on their last hidden state)."""
+    fused_chunk_mb: float = 0.0
+    """Fused path: MB of (chunk, vocab) buffers, which set the tokens per chunk; 0: 128 on CPU, 1024 on CUDA."""
 
 
 @dataclass
@@ -296,6 +302,9 @@ def validate(cfg: Config) -> None:
         raise ConfigError("loss.kd_weight and loss.ce_weight are both 0: nothing to train on")
     if not lo.chunk_size >= 1:
         raise ConfigError(f"loss.chunk_size must be >= 1, got {lo.chunk_size}")
+    _choice("loss.fused", lo.fused, FUSED_CHOICES)
+    if not lo.fused_chunk_mb >= 0:
+        raise ConfigError(f"loss.fused_chunk_mb must be >= 0, got {lo.fused_chunk_mb}")
     if not d.block_size >= 2:
         raise ConfigError(f"data.block_size must be >= 2, got {d.block_size}")
     if not 0 < d.val_fraction < 1:
@@ -358,6 +367,8 @@ def _coerce(name: str, value: Any, default: Any) -> Any:
     elif isinstance(default, str):
         if isinstance(value, str) or (name == "data.source" and isinstance(value, list)):
             return value
+        if name == "loss.fused" and isinstance(value, bool):  # YAML reads `fused: true` as a bool
+            return str(value).lower()
     raise ConfigError(f"{name} must be a {type(default).__name__}, got {value!r}")
 
 

@@ -29,6 +29,7 @@ from tqdm import tqdm
 from ctkd_tune.checkpoint import check_same_run, load_checkpoint, save_checkpoint
 from ctkd_tune.checks import check_steps, sanity_checks
 from ctkd_tune.config import Config, ConfigError
+from ctkd_tune import fused_step
 from ctkd_tune.ctkd import lambda_at
 from ctkd_tune.losses import kd_loss
 from ctkd_tune.data import TokenData, eval_batches, get_batch, load_tokens, resolve_source, split_tokens
@@ -49,6 +50,7 @@ class Setup:
     tokenizer: Any
     data: TokenData
     device: torch.device
+    fused: bool = False  # loss.fused resolved for these models: head + KD + CE from hidden states (fused_step)
 
 
 @dataclass
@@ -78,7 +80,8 @@ def prepare(cfg: Config) -> Setup:
     student = load_student(cfg.model, teacher_model, tokenizer, device, seed=cfg.train.resolved_init_seed)
     check_same_vocabulary(tokenizer, None, teacher_model, student)
     teacher = Teacher(teacher_model, with_hidden=cfg.loss.align_weight > 0)
-    return Setup(teacher, student, tokenizer, data, device)
+    fused = fused_step.use_fused(cfg, teacher_model, student, data.train[:cfg.data.block_size][None].to(device))
+    return Setup(teacher, student, tokenizer, data, device, fused)
 
 
 def get_lr(step: int, cfg: Config) -> float:
@@ -173,7 +176,10 @@ def distill(cfg: Config, report: Report = print_report, *, setup: Setup | None =
     # What a checkpoint holds besides the step, history and RNG: the same keys are saved and restored.
     trained = {"student": student, "optimizer": optimizer, "temperature": temperature,
                "temperature_optimizer": temp_optimizer, "align": align}
-    teacher = TeacherOutputs.open(cfg, setup.teacher, data)  # stored states if a driver built them, else forward
+    teacher = TeacherOutputs.open(cfg, setup.teacher, data, hidden_only=setup.fused)  # stored states, else forward
+    # The fused path: the same numbers from hidden states, without (tokens, vocab) logits (fused_step).
+    step_loss, evaluate_on, eval_chunk = (loss_step, evaluate, cfg.loss.chunk_size) if not setup.fused else \
+        (fused_step.loss_step, fused_step.evaluate, fused_step.chunk_mb(cfg, device))
     held_out = [(x.to(device), y.to(device)) for x, y in
                 eval_batches(data.val, t.eval_batches, t.batch_size, cfg.data.block_size)]
     eval_at = evaluation_steps(cfg)
@@ -205,7 +211,7 @@ def distill(cfg: Config, report: Report = print_report, *, setup: Setup | None =
         # 2. forward and loss: teacher outputs, student, temperature
         x, y = (b.to(device) for b in get_batch(data.train, i, t.batch_size, cfg.data.block_size,
                                                 t.resolved_data_seed))
-        loss, kd, ce, tau = loss_step(cfg, student, temperature, align, teacher, i, x, y, lam, autocast)
+        loss, kd, ce, tau = step_loss(cfg, student, temperature, align, teacher, i, x, y, lam, autocast)
         if not torch.isfinite(loss):
             status = f"diverged at step {step}: non-finite loss"
             break
@@ -230,7 +236,7 @@ def distill(cfg: Config, report: Report = print_report, *, setup: Setup | None =
                "train/tokens_per_s": x.numel() / (time.perf_counter() - tic),
                "ctkd/lambda": lam, **temperature_stats(tau)}
         if step in eval_at:
-            row.update(evaluate(student, teacher, held_out, cfg.loss.chunk_size, autocast))
+            row.update(evaluate_on(student, teacher, held_out, eval_chunk, autocast))
             if not math.isfinite(row["val/loss"]) or row["val/loss"] >= MAX_LOSS:
                 status = f"diverged at step {step}: non-finite validation loss"
                 break
