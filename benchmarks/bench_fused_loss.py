@@ -21,7 +21,8 @@ What is measured, each in its own subprocess, alternating logits / fused for --r
 - time: forward + backward, median of --repeats in the process (the first run included: its page faults are
   part of the cost), then the median over rounds. Ratios are fused / logits from the same run.
 - agreement: kd, ce, ∂/∂τ and the gradient norms of both paths (the inputs come from the same seed).
-Prints one JSON line per subprocess, then a table; exits 1 if a ratio misses --max-memory-ratio/--max-time-ratio.
+Prints one JSON line per subprocess, a table, then one JSON summary line; exits 1 if a ratio misses
+--max-memory-ratio / --max-time-ratio.
 """
 
 import argparse
@@ -173,6 +174,12 @@ def main() -> int:
     ok = m_ratio <= args.max_memory_ratio and t_ratio <= args.max_time_ratio
     print(f"{'OK' if ok else 'FAIL'}: memory ratio {m_ratio:.3f} (goal <= {args.max_memory_ratio}), "
           f"time ratio {t_ratio:.3f} (goal <= {args.max_time_ratio})")
+    print(json.dumps({"summary": "bench_fused_loss", "device": args.device, "tokens": args.tokens,
+                      "vocab": args.vocab, "hidden": args.hidden, "logits_mb": mem["logits"], "fused_mb": mem["fused"],
+                      "memory_ratio": round(m_ratio, 4), "logits_s": round(sec["logits"], 4),
+                      "fused_s": round(sec["fused"], 4), "time_ratio": round(t_ratio, 4),
+                      "max_rel_diff": max(rel(k) for k in ("kd", "ce", "dtau", "grad_h_norm", "grad_W_norm")),
+                      "ok": ok}))
     return 0 if ok else 1
 
 
