@@ -102,8 +102,12 @@ def loss_step(cfg: Config, student: nn.Module, temperature: Temperature, align: 
         teacher_hidden = teacher.train(i, x).hidden  # (B, T, H_t), stored or from the teacher's body
         student_hidden = body(student)(x).last_hidden_state  # (B, T, H_s): the student's body, not its head
     heads = (student_hidden, *head_of(student), teacher_hidden, *head_of(teacher.teacher.model))
-    tau = temperature(i, lam, features=lambda: fused_token_features(*heads, chunk_mb=mb),
-                      device=x.device)  # () or (B*T,)
+
+    def features() -> torch.Tensor:  # (B*T, 4), only for a per-token temperature
+        with autocast():
+            return fused_token_features(*heads, chunk_mb=mb)
+
+    tau = temperature(i, lam, features=features, device=x.device)  # () or (B*T,)
     with autocast():
         kd, ce = fused_kd_ce_loss(*heads, y, tau, kd_weight=lo.kd_weight, ce_weight=lo.ce_weight,
                                   chunk_mb=mb)
