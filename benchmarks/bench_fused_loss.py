@@ -19,7 +19,8 @@ What is measured, each in its own subprocess, alternating logits / fused for --r
   current RSS; large tensors are mmapped by glibc and returned when freed). CUDA: torch.cuda.max_memory_allocated
   above memory_allocated after the inputs exist.
 - time: forward + backward, the fastest of --repeats in the process and over rounds (on a machine shared with
-  other work the fastest run is the one least disturbed by it). Ratios are fused / logits from the same run.
+  other work the fastest run is the one least disturbed by it); the process's CPU time of each run is printed
+  too (on CPU it moves less with the machine's load than wall time). Ratios are fused / logits from the same run.
 - agreement: kd, ce, ∂/∂τ and the gradient norms of both paths (the inputs come from the same seed).
 Prints one JSON line per subprocess, a table, then one JSON summary line; exits 1 if a ratio misses
 --max-memory-ratio / --max-time-ratio.
@@ -104,17 +105,19 @@ def child(args) -> None:
     else:
         Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
         base = proc_status_kb("VmRSS") * 1024
-    times = []
+    times, cpu_times = [], []
     for rep in range(args.repeats):
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         kd, ce = fwd_bwd(*inputs)
         sync()
         times.append(time.perf_counter() - start)
+        cpu_times.append(time.process_time() - cpu_start)
         if rep == 0:
             peak = torch.cuda.max_memory_allocated() if cuda else proc_status_kb("VmHWM") * 1024
     hs, Ws, tau = inputs[0], inputs[1], inputs[5]
     print(json.dumps({"path": args.child, "extra_mb": round((peak - base) / MB, 1), "time_s": min(times),
-                      "times_s": [round(x, 3) for x in times], "kd": kd.item(), "ce": ce.item(),
+                      "times_s": [round(x, 3) for x in times], "cpu_s": [round(x, 3) for x in cpu_times],
+                      "kd": kd.item(), "ce": ce.item(),
                       "dtau": tau.grad.item(), "grad_h_norm": hs.grad.float().norm().item(),
                       "grad_W_norm": Ws.grad.float().norm().item()}))
 
@@ -167,6 +170,10 @@ def main() -> int:
         print(f"{label:<22}{sec[name]:>18.3f}{mem[name]:>22.1f}")
     t_ratio, m_ratio = sec["fused"] / sec["logits"], mem["fused"] / mem["logits"]
     print(f"{'ratio fused/logits':<22}{t_ratio:>18.3f}{m_ratio:>22.3f}")
+    cpu = {name: min(min(r["cpu_s"]) for r in rs) for name, rs in runs.items()}
+    if args.device == "cpu":
+        print(f"process CPU time, fastest run: logits {cpu['logits']:.1f} s, fused {cpu['fused']:.1f} s, "
+              f"ratio {cpu['fused'] / cpu['logits']:.3f}")
     print("relative differences: " + "  ".join(f"{k} {rel(k):.1e}" for k in
                                               ("kd", "ce", "dtau", "grad_h_norm", "grad_W_norm")))
     print(f"(benchmark wall time {time.perf_counter() - wall_start:.0f} s)")
@@ -177,6 +184,7 @@ def main() -> int:
                       "vocab": args.vocab, "hidden": args.hidden, "logits_mb": mem["logits"], "fused_mb": mem["fused"],
                       "memory_ratio": round(m_ratio, 4), "logits_s": round(sec["logits"], 4),
                       "fused_s": round(sec["fused"], 4), "time_ratio": round(t_ratio, 4),
+                      "cpu_time_ratio": round(cpu["fused"] / cpu["logits"], 4),
                       "max_rel_diff": max(rel(k) for k in ("kd", "ce", "dtau", "grad_h_norm", "grad_W_norm")),
                       "ok": ok}))
     return 0 if ok else 1
