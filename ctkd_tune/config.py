@@ -29,6 +29,7 @@ GRANULARITIES = ("global", "token")
 SCHEDULE_TYPES = ("cosine", "exp", "linear", "constant")
 TEMPERATURE_OPTIMIZERS = ("sgd", "adamw")
 FUSED_CHOICES = ("auto", "true", "false")
+DIVERGENCES = ("forward_kl", "reverse_kl", "skew_kl", "jsd")
 
 
 @dataclass
@@ -128,7 +129,7 @@ class LossConfig:
     """The blend of the distillation loss, the cross-entropy and the optional hidden-state alignment."""
 
     kd_weight: float = 0.5
-    """Weight of the temperature-scaled KD loss τ²·KL(teacher ‖ student)."""
+    """Weight of the temperature-scaled KD loss τ²·D(teacher, student), D = `divergence` (forward KL by default)."""
     ce_weight: float = 0.5
     """Weight of the next-token cross-entropy on the data."""
     align_weight: float = 0.0
@@ -140,6 +141,12 @@ class LossConfig:
     when both models' logits are a plain linear head on their last hidden state)."""
     fused_chunk_mb: float = 0.0
     """Fused path: MB of (chunk, vocab) buffers, which set the tokens per chunk; 0: 128 on CPU, 1024 on CUDA."""
+    divergence: str = "forward_kl"
+    """Divergence D in τ²·D(teacher, student): forward_kl | reverse_kl | skew_kl | jsd (val/kl stays forward KL)."""
+    skew_alpha: float = 0.1
+    """skew_kl's α in (0, 1): KL(p ‖ α·p + (1−α)·q) (DistiLLM's default 0.1; α → 0 is forward KL)."""
+    jsd_beta: float = 0.5
+    """jsd's β in (0, 1): β·KL(p ‖ m) + (1−β)·KL(q ‖ m), m = β·p + (1−β)·q (GKD; 0.5 is symmetric)."""
 
 
 @dataclass
@@ -210,6 +217,8 @@ class ChecksConfig:
     """val/ppl ceiling at 33% of the run."""
     runaway_tolerance: float = 0.01
     """Temperature within this fraction of the range from a bound over the last 10% of the run is a runaway."""
+    drift_share: float = 0.5
+    """A learned temperature that moved more than this share of its (log) range and kept going is a drift."""
 
 
 @dataclass
@@ -305,6 +314,10 @@ def validate(cfg: Config) -> None:
     _choice("loss.fused", lo.fused, FUSED_CHOICES)
     if not lo.fused_chunk_mb >= 0:
         raise ConfigError(f"loss.fused_chunk_mb must be >= 0, got {lo.fused_chunk_mb}")
+    _choice("loss.divergence", lo.divergence, DIVERGENCES)
+    for name in ("skew_alpha", "jsd_beta"):
+        if not 0 < getattr(lo, name) < 1:
+            raise ConfigError(f"loss.{name} must be in (0, 1), got {getattr(lo, name)}")
     if not d.block_size >= 2:
         raise ConfigError(f"data.block_size must be >= 2, got {d.block_size}")
     if not 0 < d.val_fraction < 1:
@@ -314,6 +327,8 @@ def validate(cfg: Config) -> None:
     c = cfg.checks
     if not (c.ppl_target > 0 and c.ppl_at_10 > 0 and c.ppl_at_33 > 0 and 0 <= c.runaway_tolerance < 0.5):
         raise ConfigError("checks.* must be positive (runaway_tolerance in [0, 0.5))")
+    if not 0 < c.drift_share <= 1:
+        raise ConfigError(f"checks.drift_share must be in (0, 1], got {c.drift_share}")
 
 
 def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:

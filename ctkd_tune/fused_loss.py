@@ -4,11 +4,11 @@
     loss = a * kd + b * ce                      # the blend the forward already holds the gradient of
 
 With s = h_s·W_sᵀ + b_s and t = h_t·W_tᵀ + b_t (the logits, (N, V)), the values are exactly the logits path's:
-    kd = kd_loss(s, t, τ, mask)                 mean over valid tokens of τ²·KL(softmax(t/τ) ‖ softmax(s/τ))
+    kd = kd_loss(s, t, τ, mask, divergence)     mean over valid tokens of τ²·D(softmax(t/τ), softmax(s/τ))
     ce = F.cross_entropy(s, labels)             mean over labels != -100
 but s and t exist only a chunk of tokens at a time, full vocabulary wide (the softmax needs whole rows). Per chunk:
-the two logit matmuls (in the inputs' dtype: bf16 under autocast), the shared KL kernel ``forward_kl_chunk`` and the
-CE in float32, then, while the chunk is at hand, the gradient of a·kd + b·ce w.r.t. h_s, W_s and b_s. The backward
+the two logit matmuls (in the inputs' dtype: bf16 under autocast), the shared divergence kernel (``kd_loss``'s:
+``forward_kl_chunk`` by default) and the CE in float32, then, while the chunk is at hand, the gradient of a·kd + b·ce w.r.t. h_s, W_s and b_s. The backward
 only rescales those (or recomputes them chunk by chunk when it is asked for another blend of kd and ce). The teacher
 side is constant: it gets no gradient.
 
@@ -25,7 +25,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from ctkd_tune.ctkd import token_features
-from ctkd_tune.losses import forward_kl_chunk
+from ctkd_tune.losses import WORK_BUFFERS, divergence_kernel
 
 MB = 2**20
 IGNORE_INDEX = -100
@@ -80,7 +80,7 @@ def _heads(student_hidden, student_head, student_bias, teacher_hidden, teacher_h
                   const(ht, mm_t), const(teacher_head, mm_t), const(teacher_bias, mm_t), dtype)
 
 
-def _chunk_tokens(x: _Heads, chunk_size: int | None, chunk_mb: float, with_grad: bool) -> int:
+def _chunk_tokens(x: _Heads, chunk_size: int | None, chunk_mb: float, with_grad: bool, n_work: int = 3) -> int:
     """Tokens per chunk: `chunk_size` if given, else as many as fit in `chunk_mb` of (chunk, V) buffers."""
     N, V = x.shape
     if chunk_size is not None:
@@ -88,7 +88,7 @@ def _chunk_tokens(x: _Heads, chunk_size: int | None, chunk_mb: float, with_grad:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
         return max(1, min(chunk_size, N))
     c = torch.finfo(x.dtype).bits // 8
-    row = V * (x.hs.element_size() + x.ht.element_size() + 3 * c)  # logits s, t + the kernel's 3 work rows
+    row = V * (x.hs.element_size() + x.ht.element_size() + n_work * c)  # logits s, t + the kernel's work rows
     if with_grad:
         row += V * (c + (x.hs.element_size() if x.hs.dtype != x.dtype else 0))  # ∂/∂s (+ its matmul-dtype copy)
     return max(1, min(N, int(chunk_mb * MB // row)))
@@ -109,11 +109,12 @@ def _logit_chunks(x: _Heads, n: int):
         yield sl, s, t
 
 
-def _sweep(x: _Heads, labels, tau, n, *, scales=None, w_kd=None, w_ce=None, grads=(False, False, False),
-           need_dtau=False, need_agree=False):
+def _sweep(x: _Heads, labels, tau, n, *, kernel=None, n_work=3, scales=None, w_kd=None, w_ce=None,
+           grads=(False, False, False), need_dtau=False, need_agree=False):
     """One pass over the token chunks.
 
-    Returns per-token (N,) KL at τ, CE, ∂(τ²KL)/∂τ (or None), top-1 agreement (or None), and, when `scales` = (a, b)
+    `kernel` is the divergence's per-chunk kernel (default forward KL) with `n_work` scratch rows.
+    Returns per-token (N,) D at τ, CE, ∂(τ²KL)/∂τ (or None), top-1 agreement (or None), and, when `scales` = (a, b)
     is given, the gradients (∂/∂h_s, ∂/∂W_s, ∂/∂b_s; None where `grads` says no) of
         a · Σ_i w_kd_i τ_i² KL_i + b · Σ_i w_ce_i CE_i.
     Per token, ∂/∂s = a·w_kd·τ·(q − p) + b·w_ce·(softmax(s) − onehot(label)) (kernel + CE); then
@@ -124,7 +125,8 @@ def _sweep(x: _Heads, labels, tau, n, *, scales=None, w_kd=None, w_ce=None, grad
     dtau = torch.empty(N, dtype=dt, device=dev) if need_dtau else None
     agree = torch.empty(N, dtype=torch.bool, device=dev) if need_agree else None
     want_grad = scales is not None and any(grads)
-    work = torch.empty(3, min(n, N), V, dtype=dt, device=dev)  # the kernel's scratch; the CE's afterwards
+    kernel = kernel or divergence_kernel()
+    work = torch.empty(n_work, min(n, N), V, dtype=dt, device=dev)  # the kernel's scratch; the CE's afterwards
     if want_grad:
         a, b = scales
         g_buf = torch.empty(min(n, N), V, dtype=dt, device=dev)  # ∂/∂s of the chunk, compute dtype
@@ -136,7 +138,7 @@ def _sweep(x: _Heads, labels, tau, n, *, scales=None, w_kd=None, w_ce=None, grad
     for sl, s, t in _logit_chunks(x, n):
         m = s.shape[0]
         g = g_buf[:m] if want_grad and a != 0 else None
-        kl[sl], dtau_c = forward_kl_chunk(s, t, tau[sl, None], work, grad_s=g, need_dtau=need_dtau)
+        kl[sl], dtau_c = kernel(s, t, tau[sl, None], work, grad_s=g, need_dtau=need_dtau)
         if need_dtau:
             dtau[sl] = dtau_c
         if need_agree:
@@ -193,7 +195,8 @@ class _FusedKDCE(torch.autograd.Function):
         grads = tuple(opts["grad_enabled"] and need for need in ctx.needs_input_grad[:3])
         need_dtau = opts["grad_enabled"] and ctx.needs_input_grad[6]
         scales = (opts["kd_weight"], opts["ce_weight"])
-        kl, ce_tok, dtau, _, *eager = _sweep(x, labels, tau_tok, opts["n"], scales=scales if any(grads) else None,
+        kl, ce_tok, dtau, _, *eager = _sweep(x, labels, tau_tok, opts["n"], kernel=opts["kernel"],
+                                            n_work=opts["n_work"], scales=scales if any(grads) else None,
                                             w_kd=w_kd, w_ce=w_ce, grads=grads, need_dtau=need_dtau)
         kd = torch.where(w_kd > 0, w_kd * tau_tok**2 * kl, 0.0).sum()  # masked tokens cannot inject NaN
         ce = torch.where(w_ce > 0, w_ce * ce_tok, 0.0).sum()
@@ -212,8 +215,8 @@ class _FusedKDCE(torch.autograd.Function):
             if c is None:  # another blend of kd and ce than the forward's: recompute chunk by chunk
                 x = _Heads(hs, Ws, bs, ht, Wt, bt, opts["dtype"])
                 tau_tok = tau.expand(hs.shape[0]) if tau.ndim == 0 else tau
-                eager, c = _sweep(x, labels, tau_tok, opts["n"], scales=(gk, gc), w_kd=w_kd, w_ce=w_ce,
-                                  grads=ctx.grads)[4:], 1.0
+                eager, c = _sweep(x, labels, tau_tok, opts["n"], kernel=opts["kernel"], n_work=opts["n_work"],
+                                  scales=(gk, gc), w_kd=w_kd, w_ce=w_ce, grads=ctx.grads)[4:], 1.0
             else:
                 eager = ctx.eager
             ctx.eager = None
@@ -260,14 +263,16 @@ def fused_kd_ce_loss(student_hidden: torch.Tensor, student_head: torch.Tensor, s
                      teacher_hidden: torch.Tensor, teacher_head: torch.Tensor, teacher_bias: torch.Tensor | None,
                      labels: torch.Tensor, tau: float | torch.Tensor, mask: torch.Tensor | None = None, *,
                      kd_weight: float = 1.0, ce_weight: float = 1.0, chunk_size: int | None = None,
-                     chunk_mb: float = 256.0) -> tuple[torch.Tensor, torch.Tensor]:
+                     chunk_mb: float = 256.0, divergence: str = "forward_kl", alpha: float = 0.1,
+                     beta: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
     """CTKD's KD loss and the CE, from last hidden states and output heads, without (N, V) logits.
 
         s = h_s W_sᵀ + b_s,  t = h_t W_tᵀ + b_t                               (N, V), one chunk at a time
-        kd = (1/|M|) Σ_{i∈M} τ_i² KL(softmax(t_i/τ_i) ‖ softmax(s_i/τ_i))    M: mask (all tokens if None)
+        kd = (1/|M|) Σ_{i∈M} τ_i² D(softmax(t_i/τ_i), softmax(s_i/τ_i))     M: mask (all tokens if None)
         ce = (1/|L|) Σ_{i∈L} −log softmax(s_i)[y_i]                           L: labels != -100
 
-    Equal to ``kd_loss(s, t, tau, mask)`` and ``F.cross_entropy(s, labels)`` (all labels ignored: ce = 0, not NaN).
+    D is ``divergence`` (forward KL by default; as ``kd_loss``: reverse_kl, skew_kl with α, jsd with β). Equal to
+    ``kd_loss(s, t, tau, mask, divergence=...)`` and ``F.cross_entropy(s, labels)`` (all labels ignored: ce = 0, not NaN).
 
     Args:
         student_hidden: (..., H_s) last hidden states (after the final norm), flattened to (N, H_s).
@@ -281,6 +286,7 @@ def fused_kd_ce_loss(student_hidden: torch.Tensor, student_head: torch.Tensor, s
             gradient is computed in the forward while each chunk is at hand. Any other use stays exact, at the
             cost of a second pass over the chunks in the backward.
         chunk_size: tokens per chunk; default: as many as fit in `chunk_mb` MB of (chunk, V) buffers.
+        divergence, alpha, beta: as ``kd_loss``'s.
 
     Returns:
         (kd, ce): 0-d float32 tensors (float64 for float64 inputs).
@@ -288,11 +294,13 @@ def fused_kd_ce_loss(student_hidden: torch.Tensor, student_head: torch.Tensor, s
     Matmuls run in the inputs' dtype (bf16 under autocast, float32 accumulation of ∂/∂W across chunks); the
     softmaxes in float32. Memory above the inputs: ∂/∂W_s (V, H_s) float32 and the (chunk, V) buffers.
     """
+    kernel = divergence_kernel(divergence, alpha, beta)
     x = _heads(student_hidden, student_head, student_bias, teacher_hidden, teacher_head, teacher_bias)
     tau, labels, w_kd, w_ce = _tau_and_weights(x, tau, labels, mask)
-    grad_enabled = torch.is_grad_enabled()
-    opts = {"dtype": x.dtype, "kd_weight": float(kd_weight), "ce_weight": float(ce_weight),
-            "grad_enabled": grad_enabled, "n": _chunk_tokens(x, chunk_size, chunk_mb, grad_enabled)}
+    grad_enabled, n_work = torch.is_grad_enabled(), WORK_BUFFERS[divergence]
+    opts = {"dtype": x.dtype, "kd_weight": float(kd_weight), "ce_weight": float(ce_weight), "kernel": kernel,
+            "n_work": n_work, "grad_enabled": grad_enabled,
+            "n": _chunk_tokens(x, chunk_size, chunk_mb, grad_enabled, n_work)}
     return _FusedKDCE.apply(x.hs, x.Ws, x.bs, x.ht, x.Wt, x.bt, tau, labels, w_kd, w_ce, opts)
 
 

@@ -94,7 +94,7 @@ def loss_step(cfg: Config, student: nn.Module, temperature: Temperature, align: 
               autocast) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """`distill.loss_step` on the fused path: the same (loss, kd, ce, τ) from hidden states and heads.
 
-        loss = kd_weight · τ²·KL(teacher ‖ student at τ) + ce_weight · CE(student, y)
+        loss = kd_weight · τ²·D(teacher ‖ student at τ) + ce_weight · CE(student, y)   (D: loss.divergence)
                + align_weight · MSE(align(student hidden), teacher hidden)
     """
     lo, mb = cfg.loss, chunk_mb(cfg, x.device)
@@ -109,8 +109,8 @@ def loss_step(cfg: Config, student: nn.Module, temperature: Temperature, align: 
 
     tau = temperature(i, lam, features=features, device=x.device)  # () or (B*T,)
     with autocast():
-        kd, ce = fused_kd_ce_loss(*heads, y, tau, kd_weight=lo.kd_weight, ce_weight=lo.ce_weight,
-                                  chunk_mb=mb)
+        kd, ce = fused_kd_ce_loss(*heads, y, tau, kd_weight=lo.kd_weight, ce_weight=lo.ce_weight, chunk_mb=mb,
+                                  divergence=lo.divergence, alpha=lo.skew_alpha, beta=lo.jsd_beta)
     loss = lo.kd_weight * kd + lo.ce_weight * ce
     if align is not None:
         aligned = align(student_hidden.float())

@@ -88,6 +88,24 @@ def test_matches_logits_path(per_token_tau, masked, chunk_size):
     assert_close(ours, ref)
 
 
+@pytest.mark.parametrize("divergence", ["reverse_kl", "skew_kl", "jsd"])
+def test_other_divergences_match_logits_path(divergence):
+    """loss.divergence through the same kernels as kd_loss: value and every gradient, per-token τ, masked."""
+    inputs = make_inputs(seed=11)
+    g = torch.Generator().manual_seed(12)
+    tau, mask = 1.0 + 3.0 * torch.rand(N, generator=g), torch.rand(N, generator=g) > 0.3
+    extra = {"divergence": divergence, "alpha": 0.2, "beta": 0.3}
+    ours = values_and_grads(fused, inputs, tau, (0.4, 0.6), mask=mask, chunk_size=7, kd_weight=0.4,
+                            ce_weight=0.6, **extra)
+
+    def logits_path_d(inputs, tau, mask=None):
+        s = inputs["student_hidden"] @ inputs["student_head"].T + inputs["student_bias"]
+        t = inputs["teacher_hidden"] @ inputs["teacher_head"].T + inputs["teacher_bias"]
+        return kd_loss(s, t, tau, mask, **extra), F.cross_entropy(s, inputs["labels"])
+
+    assert_close(ours, values_and_grads(logits_path_d, inputs, tau, (0.4, 0.6), mask=mask))
+
+
 @pytest.mark.parametrize("blend", [(1.0, 0.0), (0.0, 1.0), (2.0, -0.5)])
 def test_other_blend_than_declared_recomputes_exactly(blend):
     """The forward prepares the gradient of 0.5·kd + 0.5·ce; a backward asking for another blend is still exact."""
@@ -180,13 +198,17 @@ def test_tied_head_gradient_reaches_the_embedding_once():
 def test_no_grad_is_forward_only_and_tau_terms_only_when_tau_learns(monkeypatch):
     """No τ gradient terms for a constant τ (fixed / anneal modes, λ = 0 warmup); no gradients at all under no_grad."""
     calls = []
-    kernel = fused_loss.forward_kl_chunk
+    real_kernel = fused_loss.divergence_kernel
 
-    def spy(*args, **kwargs):
-        calls.append((kwargs.get("grad_s") is not None, kwargs.get("need_dtau")))
-        return kernel(*args, **kwargs)
+    def spy_kernel(*args):
+        kernel = real_kernel(*args)
 
-    monkeypatch.setattr(fused_loss, "forward_kl_chunk", spy)
+        def spy(*args, **kwargs):
+            calls.append((kwargs.get("grad_s") is not None, kwargs.get("need_dtau")))
+            return kernel(*args, **kwargs)
+        return spy
+
+    monkeypatch.setattr(fused_loss, "divergence_kernel", spy_kernel)
     inputs, _ = leaves(make_inputs(), torch.tensor(1.0))
     fused(inputs, torch.tensor(2.0), chunk_size=10)
     assert calls == [(True, False)] * 2  # student grads, no τ terms

@@ -24,11 +24,13 @@ def val_ppl(history):
     return {row["step"]: row["val/ppl"] for row in history if "val/ppl" in row}
 
 
-@pytest.mark.parametrize("granularity", ["global", "token"])
-def test_fused_and_logits_paths_give_the_same_run(granularity):
+@pytest.mark.parametrize("granularity, divergence", [("global", "forward_kl"), ("token", "forward_kl"),
+                                                     ("global", "jsd")])
+def test_fused_and_logits_paths_give_the_same_run(granularity, divergence):
     runs = {}
     for fused in ("true", "false"):
-        cfg = tiny(f"loss.fused={fused}", f"temperature.granularity={granularity}", "train.teacher_cache_mb=0")
+        cfg = tiny(f"loss.fused={fused}", f"temperature.granularity={granularity}", "train.teacher_cache_mb=0",
+                   f"loss.divergence={divergence}")
         setup = prepare(cfg)
         assert setup.fused == (fused == "true")
         runs[fused] = distill(cfg, setup=setup, **QUIET).history
