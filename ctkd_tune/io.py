@@ -1,7 +1,8 @@
 """Atomic file writes: a crash mid-write never leaves a half-written result behind.
 
 Every writer goes to a temporary file in the destination folder and then `os.replace`s it into place, which is
-atomic on POSIX file systems.
+atomic on POSIX file systems. A failed write (a full disk) removes the temporary file, leaves the previous
+version of the destination intact, and raises OSError with the destination as its filename.
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ def _atomic(path: str | Path, write: Callable[[str], None]) -> Path:
     try:
         write(tmp)
         os.replace(tmp, path)
+    except OSError as err:  # a full disk, say: the error names the file we were writing, not the temporary one
+        Path(tmp).unlink(missing_ok=True)
+        raise OSError(err.errno, err.strerror or str(err), str(path)) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
