@@ -31,6 +31,7 @@ SCHEDULE_TYPES = ("cosine", "exp", "linear", "constant")
 TEMPERATURE_OPTIMIZERS = ("sgd", "adamw")
 DATA_FORMATS = ("text", "prompt_response", "chat")
 CHECK_THRESHOLDS = ("relative", "absolute")
+FUSED_CHOICES = ("auto", "true", "false")
 DIVERGENCES = ("forward_kl", "reverse_kl", "skew_kl", "jsd")
 
 
@@ -153,6 +154,11 @@ class LossConfig:
     """Weight of the hidden-state alignment (MSE after a learned student→teacher projection); 0 disables."""
     chunk_size: int = 1024
     """Tokens per chunk in the KD loss: bounds the extra full-vocabulary memory."""
+    fused: str = "auto"
+    """auto | true | false: head + KD + CE fused from hidden states, never holding (tokens, vocab) logits (auto:
+    when both models' logits are a plain linear head on their last hidden state)."""
+    fused_chunk_mb: float = 0.0
+    """Fused path: MB of (chunk, vocab) buffers, which set the tokens per chunk; 0: 128 on CPU, 1024 on CUDA."""
     divergence: str = "forward_kl"
     """Divergence D in τ²·D(teacher, student): forward_kl | reverse_kl | skew_kl | jsd (val/kl stays forward KL)."""
     skew_alpha: float = 0.1
@@ -329,6 +335,9 @@ def validate(cfg: Config) -> None:
         raise ConfigError("loss.kd_weight and loss.ce_weight are both 0: nothing to train on")
     if not lo.chunk_size >= 1:
         raise ConfigError(f"loss.chunk_size must be >= 1, got {lo.chunk_size}")
+    _choice("loss.fused", lo.fused, FUSED_CHOICES)
+    if not lo.fused_chunk_mb >= 0:
+        raise ConfigError(f"loss.fused_chunk_mb must be >= 0, got {lo.fused_chunk_mb}")
     _choice("loss.divergence", lo.divergence, DIVERGENCES)
     for name in ("skew_alpha", "jsd_beta"):
         if not 0 < getattr(lo, name) < 1:
@@ -340,6 +349,9 @@ def validate(cfg: Config) -> None:
     if not d.source:
         raise ConfigError("data.source is empty")
     _choice("data.format", d.format, DATA_FORMATS)
+    if lo.fused == "true" and d.format != "text":
+        raise ConfigError(f"loss.fused=true needs data.format=text: instruction data ({d.format}) is padded with "
+                          "attention masks, which only the logits path takes")
     if not (tr.progress_every >= 1 and tr.progress_seconds > 0):
         raise ConfigError("train.progress_every must be >= 1 and train.progress_seconds > 0")
     c = cfg.checks
@@ -406,6 +418,8 @@ def _coerce(name: str, value: Any, default: Any) -> Any:
     elif isinstance(default, str):
         if isinstance(value, str) or (name == "data.source" and isinstance(value, list)):
             return value
+        if name == "loss.fused" and isinstance(value, bool):  # YAML reads `fused: true` as a bool
+            return str(value).lower()
     raise ConfigError(f"{name} must be a {type(default).__name__}, got {value!r}")
 
 

@@ -29,6 +29,7 @@ from tqdm import tqdm
 from ctkd_tune.checkpoint import check_same_run, load_checkpoint, save_checkpoint
 from ctkd_tune.checks import check_steps, divergence_limit, sanity_checks
 from ctkd_tune.config import Config, ConfigError
+from ctkd_tune import fused_step
 from ctkd_tune.ctkd import lambda_at
 from ctkd_tune.losses import kd_loss
 from ctkd_tune.data import TokenData, held_out_batches, load_data, max_token_id, resolve_source, train_batch
@@ -50,6 +51,7 @@ class Setup:
     tokenizer: Any
     data: TokenData | ExampleData
     device: torch.device
+    fused: bool = False  # loss.fused resolved for these models: head + KD + CE from hidden states (fused_step)
 
 
 @dataclass
@@ -87,7 +89,9 @@ def prepare(cfg: Config) -> Setup:
     check_same_vocabulary(tokenizer, None, teacher_model, student)
     check_context(cfg.data.block_size, teacher=teacher_model, student=student)
     teacher = Teacher(teacher_model, with_hidden=cfg.loss.align_weight > 0)
-    return Setup(teacher, student, tokenizer, data, device)
+    fused = isinstance(data, TokenData) and fused_step.use_fused(  # instruction data pads: the logits path
+        cfg, teacher_model, student, data.train[:cfg.data.block_size][None].to(device))
+    return Setup(teacher, student, tokenizer, data, device, fused)
 
 
 def get_lr(step: int, cfg: Config) -> float:
@@ -180,10 +184,11 @@ def evaluate(student: nn.Module, teacher: TeacherOutputs, batches: list[tuple[to
 
 
 def reference_points(student: nn.Module, teacher: TeacherOutputs, batches: list[tuple[torch.Tensor, ...]],
-                     chunk_size: int, autocast) -> dict[str, float]:
+                     evaluate_on: Callable[..., dict[str, float]], chunk: float, autocast) -> dict[str, float]:
     """The run's own yardsticks, measured before the first step: the teacher's held-out perplexity and the
-    student's (on the same tokens). The relative sanity checks and the divergence stop are judged against them."""
-    metrics = evaluate(student, teacher, batches, chunk_size, autocast, with_teacher=True)
+    student's (on the same tokens). The relative sanity checks and the divergence stop are judged against them.
+    `evaluate_on` is this run's evaluation (`evaluate`, or the fused path's) and `chunk` its chunk setting."""
+    metrics = evaluate_on(student, teacher, batches, chunk, autocast, with_teacher=True)
     return {"ref/teacher_val_ppl": metrics["teacher/ppl"], "ref/student_val_ppl_start": metrics["val/ppl"]}
 
 
@@ -214,7 +219,10 @@ def distill(cfg: Config, report: Report = print_report, *, setup: Setup | None =
     # What a checkpoint holds besides the step, history and RNG: the same keys are saved and restored.
     trained = {"student": student, "optimizer": optimizer, "temperature": temperature,
                "temperature_optimizer": temp_optimizer, "align": align}
-    teacher = TeacherOutputs.open(cfg, setup.teacher, data)  # stored states if a driver built them, else forward
+    teacher = TeacherOutputs.open(cfg, setup.teacher, data, hidden_only=setup.fused)  # stored states, else forward
+    # The fused path: the same numbers from hidden states, without (tokens, vocab) logits (fused_step).
+    step_loss, evaluate_on, eval_chunk = (loss_step, evaluate, cfg.loss.chunk_size) if not setup.fused else \
+        (fused_step.loss_step, fused_step.evaluate, fused_step.chunk_mb(cfg, device))
     held_out = [tuple(b.to(device) if b is not None else None for b in batch)  # (x, y, attention mask or None)
                 for batch in held_out_batches(data, t.eval_batches, t.batch_size, cfg.data.block_size)]
     eval_at = evaluation_steps(cfg)
@@ -231,7 +239,7 @@ def distill(cfg: Config, report: Report = print_report, *, setup: Setup | None =
         start, history, wall_before = state["step"] + 1, state["history"], state["wall_time"]
         references = state.get("references", {})
     else:
-        references = reference_points(student, teacher, held_out, cfg.loss.chunk_size, autocast)
+        references = reference_points(student, teacher, held_out, evaluate_on, eval_chunk, autocast)
         if progress:
             derived = ", initialised from its layers" if cfg.model.student_init_from_teacher else ""
             tqdm.write(f"teacher {count_parameters(setup.teacher.model) / 1e6:.1f} M parameters, student "
@@ -258,7 +266,7 @@ def distill(cfg: Config, report: Report = print_report, *, setup: Setup | None =
         # 2. forward and loss: teacher outputs, student, temperature
         x, y, attention_mask = (b.to(device) if b is not None else None for b in  # (B, T) each; mask: text None
                                 train_batch(data, i, t.batch_size, cfg.data.block_size, t.resolved_data_seed))
-        loss, kd, ce, tau = loss_step(cfg, student, temperature, align, teacher, i, x, y, lam, autocast,
+        loss, kd, ce, tau = step_loss(cfg, student, temperature, align, teacher, i, x, y, lam, autocast,
                                       attention_mask)
         if not torch.isfinite(loss):
             status = f"diverged at step {step}: non-finite loss"
@@ -284,7 +292,7 @@ def distill(cfg: Config, report: Report = print_report, *, setup: Setup | None =
                "train/tokens_per_s": x.numel() / (time.perf_counter() - tic),
                "ctkd/lambda": lam, **temperature_stats(tau)}
         if step in eval_at:
-            row.update(evaluate(student, teacher, held_out, cfg.loss.chunk_size, autocast), **references)
+            row.update(evaluate_on(student, teacher, held_out, eval_chunk, autocast), **references)
             if not math.isfinite(row["val/loss"]) or row["val/loss"] >= MAX_LOSS:
                 status = f"diverged at step {step}: non-finite validation loss"
                 break

@@ -29,8 +29,8 @@ HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")  # "org/name" or "name"
 
 @dataclass
 class TeacherOutput:
-    logits: torch.Tensor  # (B, T, V)
-    hidden: torch.Tensor | None  # (B, T, H_teacher), last layer, only when asked for
+    logits: torch.Tensor | None  # (B, T, V); None on the fused path, which applies the head chunk by chunk
+    hidden: torch.Tensor | None  # (B, T, H_teacher), last layer, when aligning or on the fused path
 
 
 class Teacher:
@@ -44,6 +44,11 @@ class Teacher:
     def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> TeacherOutput:
         out = self.model(input_ids, attention_mask=attention_mask, output_hidden_states=self.with_hidden)
         return TeacherOutput(out.logits, out.hidden_states[-1] if self.with_hidden else None)
+
+    @torch.no_grad()
+    def body(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """(B, T, H) last hidden state (after the final norm): what the output head reads. No head, no logits."""
+        return self.model.base_model(input_ids).last_hidden_state
 
 
 def resolve_device(name: str) -> torch.device:

@@ -83,6 +83,10 @@ def test_teacher_logits_on_held_out_data_are_computed_once_and_change_nothing():
             self.calls += int(torch.equal(x, self.first))
             return self.teacher(x, attention_mask)
 
+        def body(self, x):  # what the fused path calls (loss.fused): the last hidden state, no logits
+            self.calls += int(torch.equal(x, self.first))
+            return self.teacher.body(x)
+
     from ctkd_tune.data import eval_batches
 
     runs = {}
