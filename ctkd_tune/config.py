@@ -32,6 +32,7 @@ TEMPERATURE_OPTIMIZERS = ("sgd", "adamw")
 DATA_FORMATS = ("text", "prompt_response", "chat")
 CHECK_THRESHOLDS = ("relative", "absolute")
 FUSED_CHOICES = ("auto", "true", "false")
+PRECISIONS = ("auto", "fp32", "bf16")
 DIVERGENCES = ("forward_kl", "reverse_kl", "skew_kl", "jsd")
 
 
@@ -127,7 +128,10 @@ class TrainConfig:
     progress_seconds: float = 30.0
     """...or when this many seconds passed since the last one (a terminal gets a progress bar instead)."""
     device: str = "auto"
-    """`auto` (CUDA with bf16 autocast when available, else CPU float32), `cpu` or `cuda`."""
+    """`auto` (CUDA when available, else CPU), `cpu` or `cuda`."""
+    precision: str = "auto"
+    """Forward passes in `fp32`, or `bf16` (autocast, on CPU too; softmax statistics stay float32); `auto`: bf16 on
+    CUDA, fp32 on CPU."""
     threads: int | None = None
     """CPU threads for torch; None keeps torch's default."""
 
@@ -328,6 +332,7 @@ def validate(cfg: Config) -> None:
         if not getattr(tr, name) >= 0:
             raise ConfigError(f"train.{name} must be >= 0, got {getattr(tr, name)}")
     _choice("train.device", tr.device, ("auto", "cpu", "cuda"))
+    _choice("train.precision", tr.precision, PRECISIONS)
     for name in ("kd_weight", "ce_weight", "align_weight"):
         if not getattr(lo, name) >= 0:
             raise ConfigError(f"loss.{name} must be >= 0, got {getattr(lo, name)}")

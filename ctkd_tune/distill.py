@@ -109,6 +109,13 @@ def evaluation_steps(cfg: Config) -> set[int]:
     return every | set(check_steps(cfg.train.steps).values())
 
 
+def autocast_for(precision: str, device: torch.device) -> Callable[[], Any]:
+    """The forward passes' context: bf16 autocast (`bf16`, or `auto` on CUDA) or none (float32)."""
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+        return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext
+
+
 def student_optimizer(student: nn.Module, align: nn.Module | None, cfg: Config) -> torch.optim.Optimizer:
     """AdamW; weight decay on matrices only (not on biases, norms or the temperature, which is elsewhere)."""
     params = [p for m in (student, align) if m is not None for p in m.parameters() if p.requires_grad]
@@ -206,8 +213,7 @@ def distill(cfg: Config, report: Report = print_report, *, setup: Setup | None =
     setup = setup or prepare(cfg)
     student, data, device = setup.student, setup.data, setup.device
     t, n_steps = cfg.train, cfg.train.steps
-    use_bf16 = device.type == "cuda"
-    autocast = lambda: torch.autocast("cuda", dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext()
+    autocast = autocast_for(t.precision, device)
 
     torch.manual_seed(t.seed)
     temperature = Temperature(cfg.temperature, n_steps).to(device)

@@ -50,6 +50,7 @@ def test_flat_uses_dotted_names():
     ("train.stepz=10", "train.stepz"),
     ("optimizer.lr=1", "optimizer"),
     ("data.val_fraction=1.5", "data.val_fraction"),
+    ("train.precision=fp16", "train.precision"),
     ("loss.divergence=kl", "loss.divergence"),
     ("loss.skew_alpha=0", "loss.skew_alpha"),
     ("loss.skew_alpha=1.0", "loss.skew_alpha"),

@@ -212,3 +212,27 @@ def test_the_divergence_reaches_the_training_loss():
     assert len(set(kd.values())) == len(kd), kd
     assert kd["skew_kl"] < kd["forward_kl"] and kd["skew_kl 0.5"] < kd["skew_kl"]  # skew KL shrinks with α
     assert all(math.isfinite(row["train/loss"]) for row in runs.values())
+
+
+def test_precision_auto_is_fp32_on_cpu_and_bf16_runs_on_cpu_with_finite_close_losses():
+    runs = {p: distill(tiny("train.steps=12", "train.eval_every=6", f"train.precision={p}"), **QUIET).history
+            for p in ("auto", "fp32", "bf16")}
+    strip = lambda h: [{k: v for k, v in r.items() if k != "train/tokens_per_s"} for r in h]  # noqa: E731
+    assert strip(runs["auto"]) == strip(runs["fp32"])  # on CPU, auto is float32: every number unchanged
+    bf16, fp32 = runs["bf16"], runs["fp32"]
+    assert all(math.isfinite(v) for row in bf16 for v in row.values())
+    # bf16 autocast really ran (the first step's loss differs in its low digits), and it stays close to float32.
+    assert bf16[0]["train/loss"] != fp32[0]["train/loss"]
+    assert bf16[0]["train/loss"] == pytest.approx(fp32[0]["train/loss"], rel=0.02)
+    assert bf16[-1]["val/ppl"] == pytest.approx(fp32[-1]["val/ppl"], rel=0.1)
+
+
+def test_bf16_autocasts_the_forward_passes_on_cpu():
+    from ctkd_tune.distill import autocast_for
+
+    layer = torch.nn.Linear(4, 4)
+    with autocast_for("bf16", torch.device("cpu"))():
+        assert layer(torch.ones(2, 4)).dtype == torch.bfloat16
+    for precision in ("auto", "fp32"):
+        with autocast_for(precision, torch.device("cpu"))():
+            assert layer(torch.ones(2, 4)).dtype == torch.float32
