@@ -20,6 +20,7 @@ STATE_FILE = "state.pt"
 
 # Fields that may change between an interrupted run and its resumption without changing its results.
 RESUMABLE_CHANGES = {"train.device", "train.threads", "train.checkpoint_every", "train.eval_cache_mb",
+                     "train.progress_every", "train.progress_seconds",
                      "train.teacher_cache_mb"}
 
 

@@ -1,7 +1,12 @@
 """The plan's sanity checks of a finished run, as code: `distill` writes them to summary.json, `validate` reuses them.
 
 At 10%, 33% and 100% of the run:
-    val/ppl below checks.ppl_at_10, checks.ppl_at_33 and checks.ppl_target;
+    val/ppl below a limit. checks.thresholds "relative" (default) takes the limits from the run's own reference
+    points, measured before the first step: the student's val/ppl s0 and the teacher's t on the same tokens.
+    At 10% and 33% the student must be below s0 (learning); at the end below exp(log s0 − g·(log s0 − log t)),
+    g = checks.gap_closed_target (it closed that fraction of its log-perplexity gap to the teacher; below s0 when
+    it started better than the teacher). "absolute" uses the fixed checks.ppl_at_10, ppl_at_33 and ppl_target,
+    tuned for the Shakespeare preset;
     the temperature inside [tau_min, tau_max];
     λ exactly 0 while still in the warmup, and ≈ λ_max at the end (mode ctkd only);
     the KD loss falling: val/kl (KL to the teacher at T = 1, comparable across temperatures) lower at the end
@@ -65,6 +70,32 @@ class RunawayCounter:
         return self.count
 
 
+def ppl_limits(cfg: Config, references: dict[str, float] | None) -> dict[str, float]:
+    """The val/ppl ceilings at 10%, 33% and 100% (see the module docstring); absolute without reference points."""
+    c, refs = cfg.checks, references or {}
+    start, teacher = refs.get("ref/student_val_ppl_start"), refs.get("ref/teacher_val_ppl")
+    if c.thresholds == "absolute" or start is None or teacher is None:
+        return {"10%": c.ppl_at_10, "33%": c.ppl_at_33, "100%": c.ppl_target}
+    gap = max(0.0, math.log(start) - math.log(teacher))
+    return {"10%": start, "33%": start, "100%": math.exp(math.log(start) - c.gap_closed_target * gap) if gap
+            else start}
+
+
+def divergence_limit(cfg: Config, references: dict[str, float] | None) -> float:
+    """val/ppl above which `distill` stops a run as diverged: diverge_factor × its step-0 val/ppl (relative), else
+    never (absolute: a search applies checks.ppl_at_10 itself)."""
+    start = (references or {}).get("ref/student_val_ppl_start")
+    if cfg.checks.thresholds == "absolute" or start is None:
+        return math.inf
+    return cfg.checks.diverge_factor * start
+
+
+def default_ppl_threshold(cfg: Config) -> float | None:
+    """A search's val/ppl divergence threshold: checks.ppl_at_10 with absolute thresholds; None with relative ones
+    (each run then stops itself at diverge_factor × its own start, see `divergence_limit`)."""
+    return cfg.checks.ppl_at_10 if cfg.checks.thresholds == "absolute" else None
+
+
 def drift_shares(history: list[dict[str, Any]], cfg: Config) -> tuple[float, float] | None:
     """(moved, late): how far the (mean) temperature moved over the whole run and over its last quarter, in log τ,
     signed (+ towards tau_max), as shares of the range log(tau_max / tau_min). None without a learned temperature.
@@ -100,20 +131,21 @@ def temperature_drift(history: list[dict[str, Any]], cfg: Config) -> bool:
     return abs(moved) > cfg.checks.drift_share and late * math.copysign(1.0, moved) >= LATE_PACE / 4 * abs(moved)
 
 
-def sanity_checks(history: list[dict[str, Any]], cfg: Config) -> dict[str, dict[str, Any]]:
+def sanity_checks(history: list[dict[str, Any]], cfg: Config,
+                  references: dict[str, float] | None = None) -> dict[str, dict[str, Any]]:
     """{check name: {"passed": bool, "value": ..., "limit": ...}} plus "all_passed" — for a finished run."""
     by_step = {row["step"]: row for row in history}
-    t, s, c = cfg.temperature, cfg.schedule, cfg.checks
-    ppl_limits = {"10%": c.ppl_at_10, "33%": c.ppl_at_33, "100%": c.ppl_target}
+    t, s = cfg.temperature, cfg.schedule
+    limits = ppl_limits(cfg, references)
     results: dict[str, dict[str, Any]] = {}
     for label, step in check_steps(cfg.train.steps).items():
         row = by_step.get(step)
         if row is None or "val/ppl" not in row:
-            results[f"ppl@{label}"] = {"passed": False, "value": None, "limit": ppl_limits[label],
+            results[f"ppl@{label}"] = {"passed": False, "value": None, "limit": limits[label],
                                        "note": "run did not reach this point"}
             continue
-        results[f"ppl@{label}"] = {"passed": row["val/ppl"] < ppl_limits[label], "value": row["val/ppl"],
-                                   "limit": ppl_limits[label]}
+        results[f"ppl@{label}"] = {"passed": row["val/ppl"] < limits[label], "value": row["val/ppl"],
+                                   "limit": limits[label]}
         lo, hi = row["ctkd/temperature_min"], row["ctkd/temperature_max"]
         in_bounds = not t.learned or (t.tau_min - 1e-4 <= lo and hi <= t.tau_max + 1e-4)
         results[f"temperature_in_bounds@{label}"] = {"passed": in_bounds, "value": [lo, hi],

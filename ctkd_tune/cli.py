@@ -20,9 +20,21 @@ from ctkd_tune.config import ConfigError, dump_yaml, load_config
 
 def add_config_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="YAML config file (e.g. an exported best_config.yaml)")
+    parser.add_argument("--recipe", help="a shipped recipe instead of --config (list them: ctkd-tune recipes)")
     parser.add_argument("--preset", help="named preset applied under the file: shakespeare (default data) or tiny")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override one field, e.g. --set temperature.tau_max=4 (repeatable)")
+
+
+def config_file(args: argparse.Namespace) -> str | Path | None:
+    """--config, or the file of --recipe (not both)."""
+    if getattr(args, "recipe", None) is None:
+        return args.config
+    if args.config:
+        raise ConfigError("give --config or --recipe, not both")
+    from ctkd_tune.recipes import recipe_file
+
+    return recipe_file(args.recipe)
 
 
 def cmd_distill(args: argparse.Namespace) -> int:
@@ -30,13 +42,16 @@ def cmd_distill(args: argparse.Namespace) -> int:
     from ctkd_tune.runner import run_distill
 
     output = Path(args.output)
-    given = args.config or args.preset or args.overrides
+    given = args.config or args.recipe or args.preset or args.overrides
     if args.resume and not given and (output / "config.yaml").is_file():
         cfg = load_config(output / "config.yaml")
     else:
-        cfg = load_config(args.config, args.preset, args.overrides)
+        cfg = load_config(config_file(args), args.preset, args.overrides)
     summary = run_distill(cfg, output, resume=args.resume)
-    print(f"{summary['status']}: val/ppl {summary['final_val_ppl']}, T {summary['final_temperature']}, "
+    fmt = lambda v: "n/a" if v is None else f"{v:.4g}"  # noqa: E731
+    print(f"{summary['status']}: val/ppl {fmt(summary.get('student_val_ppl_start'))} at step 0 → "
+          f"{fmt(summary['final_val_ppl'])} (teacher {fmt(summary.get('teacher_val_ppl'))}), "
+          f"T {fmt(summary['final_temperature'])}, "
           f"checks {'passed' if summary['checks']['all_passed']['passed'] else 'FAILED'} → {output}")
     return 0 if summary["status"] == "completed" else 1
 
@@ -52,8 +67,27 @@ def cmd_teacher(args: argparse.Namespace) -> int:
 
 def cmd_config(args: argparse.Namespace) -> int:
     """Print the resolved configuration as YAML (validates it without loading any model)."""
-    cfg = load_config(args.config, args.preset, args.overrides)
+    cfg = load_config(config_file(args), args.preset, args.overrides)
     print(dump_yaml(cfg, header="ctkd-tune distill --config THIS_FILE --output runs/NAME"), end="")
+    return 0
+
+
+def cmd_recipes(args: argparse.Namespace) -> int:
+    """List the shipped recipes (real teacher/student pairs): name, hardware, what they distil."""
+    from ctkd_tune.recipes import list_recipes
+
+    for info in list_recipes():
+        print(f"{info.name:24s} {info.hardware}\n{'':24s} {info.description}")
+    print("\nrun one: ctkd-tune distill --recipe NAME --output runs/NAME   (show it: ctkd-tune config --recipe NAME)")
+    return 0
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    """Print continuations of --prompt from a trained student and its teacher, side by side."""
+    from ctkd_tune.sample import sample_side_by_side
+
+    print(sample_side_by_side(args.student, args.prompt, teacher=args.teacher, num=args.num,
+                              max_new_tokens=args.max_new_tokens, seed=args.seed, chat=args.chat))
     return 0
 
 
@@ -64,10 +98,10 @@ def cmd_search(args: argparse.Namespace) -> int:
     client_auth_from_env(args.address)  # before Ray is imported: a ray:// client must know to send its token
     from ctkd_tune.search import SearchSettings, base_config, run_search  # imports Ray: only this command needs it
 
-    given = args.config or args.preset or args.overrides  # none: the experiment's own config, or the default
+    given = args.config or args.recipe or args.preset or args.overrides  # none: the experiment's own config, or the default
     if (args.resume or args.rebuild_tables) and given:
         raise ConfigError("--resume / --rebuild-tables use the search's own config: drop --config/--preset/--set")
-    cfg = base_config(args.config, args.preset, args.overrides) if given else None
+    cfg = base_config(config_file(args), args.preset, args.overrides) if given else None
     settings = SearchSettings(name=args.name, space=args.space, num_samples=args.num_samples,
                               max_concurrent=args.max_concurrent, cpus_per_trial=args.cpus_per_trial,
                               gpus_per_trial=args.gpus_per_trial, address=args.address,
@@ -181,6 +215,16 @@ def _report_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--experiment", required=True, help="results/NAME folder of `ctkd-tune search`")
 
 
+def _sample_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--student", required=True, help="a student folder (RUN/student, or one written by export)")
+    p.add_argument("--prompt", required=True, help="text to continue")
+    p.add_argument("--teacher", help="teacher to compare with (default: model.teacher of the run's config.yaml)")
+    p.add_argument("--num", type=int, default=2, help="continuations per model (default 2)")
+    p.add_argument("--max-new-tokens", type=int, default=40, help="tokens per continuation (default 40)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    p.add_argument("--chat", action="store_true", help="wrap the prompt as a user message in the chat template")
+
+
 def _teacher_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--name", default="shakespeare", choices=["shakespeare", "tiny"], help="embedded teacher")
     p.add_argument("--force", action="store_true", help="train again even if cached")
@@ -190,6 +234,8 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], Callable[[argpars
     "distill": (cmd_distill, _distill_args),
     "teacher": (cmd_teacher, _teacher_args),
     "config": (cmd_config, add_config_args),
+    "recipes": (cmd_recipes, lambda p: None),
+    "sample": (cmd_sample, _sample_args),
     "search": (cmd_search, _search_args),
     "validate": (cmd_validate, _validate_args),
     "export": (cmd_export, _export_args),

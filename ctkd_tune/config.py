@@ -29,6 +29,9 @@ LEARNED_MODES = ("ctkd", "learnable")  # modes whose temperature has parameters 
 GRANULARITIES = ("global", "token")
 SCHEDULE_TYPES = ("cosine", "exp", "linear", "constant")
 TEMPERATURE_OPTIMIZERS = ("sgd", "adamw")
+DATA_FORMATS = ("text", "prompt_response", "chat")
+CHECK_THRESHOLDS = ("relative", "absolute")
+FUSED_CHOICES = ("auto", "true", "false")
 PRECISIONS = ("auto", "fp32", "bf16")
 DIVERGENCES = ("forward_kl", "reverse_kl", "skew_kl", "jsd")
 
@@ -62,15 +65,26 @@ class DataConfig:
     """The text to distil on and how it is cut into sequences and held out."""
 
     source: str | list[str] = "builtin:shakespeare"
-    """Text: `builtin:shakespeare`, `builtin:tiny`, or paths to a directory, .txt, .jsonl or .parquet files."""
+    """`builtin:shakespeare`, `builtin:tiny`, or paths to .txt/.jsonl/.parquet files, folders of them, or a
+    Hugging Face `datasets` folder (save_to_disk)."""
+    format: str = "text"
+    """text (documents, every token counts) | prompt_response | chat (loss on the response tokens only)."""
     text_column: str = "text"
-    """Column holding the text in JSONL and Parquet files."""
+    """Format text: column holding the text in JSONL, Parquet and datasets sources."""
+    prompt_column: str = "prompt"
+    """Format prompt_response: column holding the prompt."""
+    response_column: str = "response"
+    """Format prompt_response: column holding the response."""
+    messages_column: str = "messages"
+    """Format chat: column holding a list of {role, content} messages (rendered by the tokenizer's chat template)."""
+    packing: bool = True
+    """prompt_response / chat: pack whole examples into each block (True) or one padded example per block."""
     block_size: int = 128
     """Tokens per training sequence."""
     val_fraction: float = 0.05
     """Held-out tail of the token stream used for evaluation."""
     max_tokens: int | None = None
-    """Truncate the token stream to this many tokens (quick runs); None uses everything."""
+    """Format text: truncate the token stream to this many tokens (quick runs); None uses everything."""
 
 
 @dataclass
@@ -109,6 +123,10 @@ class TrainConfig:
     (the teacher is frozen: they never change); 0 recomputes them at every evaluation. Results are identical."""
     checkpoint_every: int = 0
     """Save the full training state every this many steps; 0 saves at every evaluation."""
+    progress_every: int = 10
+    """Without a terminal on stderr: one progress line every this many steps..."""
+    progress_seconds: float = 30.0
+    """...or when this many seconds passed since the last one (a terminal gets a progress bar instead)."""
     device: str = "auto"
     """`auto` (CUDA when available, else CPU), `cpu` or `cuda`."""
     precision: str = "auto"
@@ -140,6 +158,11 @@ class LossConfig:
     """Weight of the hidden-state alignment (MSE after a learned student→teacher projection); 0 disables."""
     chunk_size: int = 1024
     """Tokens per chunk in the KD loss: bounds the extra full-vocabulary memory."""
+    fused: str = "auto"
+    """auto | true | false: head + KD + CE fused from hidden states, never holding (tokens, vocab) logits (auto:
+    when both models' logits are a plain linear head on their last hidden state)."""
+    fused_chunk_mb: float = 0.0
+    """Fused path: MB of (chunk, vocab) buffers, which set the tokens per chunk; 0: 128 on CPU, 1024 on CUDA."""
     divergence: str = "forward_kl"
     """Divergence D in τ²·D(teacher, student): forward_kl | reverse_kl | skew_kl | jsd (val/kl stays forward KL)."""
     skew_alpha: float = 0.1
@@ -206,14 +229,20 @@ class ScheduleConfig:
 
 @dataclass
 class ChecksConfig:
-    """Sanity thresholds a run is judged by (the plan's numbers for the embedded default)."""
+    """Sanity thresholds a run is judged by: relative to the run's own reference points, or the plan's numbers."""
 
+    thresholds: str = "relative"
+    """relative (to the teacher's and the student's step-0 val/ppl, measured at the start) | absolute (ppl_* below)."""
+    gap_closed_target: float = 0.25
+    """Relative: by the end the student closes this fraction of its log-perplexity gap to the teacher."""
+    diverge_factor: float = 10.0
+    """Relative: a student whose val/ppl rises above this many times its step-0 value is stopped as diverged."""
     ppl_target: float = 250.0
-    """Final val/ppl the student must reach."""
+    """Absolute: final val/ppl the student must reach."""
     ppl_at_10: float = 2000.0
-    """val/ppl ceiling at 10% of the run."""
+    """Absolute: val/ppl ceiling at 10% of the run (and a search's divergence threshold)."""
     ppl_at_33: float = 800.0
-    """val/ppl ceiling at 33% of the run."""
+    """Absolute: val/ppl ceiling at 33% of the run."""
     runaway_tolerance: float = 0.01
     """Temperature within this fraction of the range from a bound over the last 10% of the run is a runaway."""
     drift_share: float = 0.5
@@ -311,6 +340,9 @@ def validate(cfg: Config) -> None:
         raise ConfigError("loss.kd_weight and loss.ce_weight are both 0: nothing to train on")
     if not lo.chunk_size >= 1:
         raise ConfigError(f"loss.chunk_size must be >= 1, got {lo.chunk_size}")
+    _choice("loss.fused", lo.fused, FUSED_CHOICES)
+    if not lo.fused_chunk_mb >= 0:
+        raise ConfigError(f"loss.fused_chunk_mb must be >= 0, got {lo.fused_chunk_mb}")
     _choice("loss.divergence", lo.divergence, DIVERGENCES)
     for name in ("skew_alpha", "jsd_beta"):
         if not 0 < getattr(lo, name) < 1:
@@ -321,9 +353,18 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"data.val_fraction must be in (0, 1), got {d.val_fraction}")
     if not d.source:
         raise ConfigError("data.source is empty")
+    _choice("data.format", d.format, DATA_FORMATS)
+    if lo.fused == "true" and d.format != "text":
+        raise ConfigError(f"loss.fused=true needs data.format=text: instruction data ({d.format}) is padded with "
+                          "attention masks, which only the logits path takes")
+    if not (tr.progress_every >= 1 and tr.progress_seconds > 0):
+        raise ConfigError("train.progress_every must be >= 1 and train.progress_seconds > 0")
     c = cfg.checks
     if not (c.ppl_target > 0 and c.ppl_at_10 > 0 and c.ppl_at_33 > 0 and 0 <= c.runaway_tolerance < 0.5):
         raise ConfigError("checks.* must be positive (runaway_tolerance in [0, 0.5))")
+    _choice("checks.thresholds", c.thresholds, CHECK_THRESHOLDS)
+    if not (0 <= c.gap_closed_target <= 1 and c.diverge_factor > 1):
+        raise ConfigError("checks.gap_closed_target must be in [0, 1] and checks.diverge_factor > 1")
     if not 0 < c.drift_share <= 1:
         raise ConfigError(f"checks.drift_share must be in (0, 1], got {c.drift_share}")
     for name, value in cfg.flat().items():  # inf (and nan) pass some of the comparisons above: refuse them here
@@ -382,6 +423,8 @@ def _coerce(name: str, value: Any, default: Any) -> Any:
     elif isinstance(default, str):
         if isinstance(value, str) or (name == "data.source" and isinstance(value, list)):
             return value
+        if name == "loss.fused" and isinstance(value, bool):  # YAML reads `fused: true` as a bool
+            return str(value).lower()
     raise ConfigError(f"{name} must be a {type(default).__name__}, got {value!r}")
 
 

@@ -1,7 +1,8 @@
 """Tokenised training data: read text sources once, cache the token stream, split it, and cut batches.
 
 A source is "builtin:shakespeare", "builtin:tiny", or paths (a directory means every *.txt, *.jsonl and
-*.parquet in it, sorted). Documents are joined with the tokenizer's eos token into one 1-D stream, cached
+*.parquet in it, sorted, unless it is a Hugging Face `datasets` folder written by save_to_disk). This module reads
+`data.format` text; prompt/response and chat data are `instruct.py`'s. Documents are joined with the tokenizer's eos token into one 1-D stream, cached
 under cache_dir()/tokens/<hash>.npy. Batches are a pure function of (seed, step), so a resumed run sees
 exactly the batches it would have seen without any data-loader state.
 
@@ -24,6 +25,8 @@ import torch
 
 from ctkd_tune.cache import cache_dir
 from ctkd_tune.embedded import BUILTIN_NAMES, corpus_documents, corpus_files
+from ctkd_tune.instruct import DataError, ExampleData, example_batch, example_eval_batches, is_datasets_dir, \
+    load_examples, read_rows
 
 SUFFIXES = (".txt", ".jsonl", ".parquet")
 ENCODE_BATCH_CHUNKS = 20_000  # lines per call to the fast tokenizer: parallel, yet bounded memory
@@ -46,7 +49,9 @@ def resolve_source(source: str | list[str]) -> list[str | Path]:
         path = Path(item).expanduser().resolve()
         if not path.exists():
             raise FileNotFoundError(f"data source not found: {path}")
-        if path.is_dir():
+        if is_datasets_dir(path):
+            entries.append(path)
+        elif path.is_dir():
             files = sorted(p for p in path.iterdir() if p.suffix in SUFFIXES and p.is_file())
             if not files:
                 raise ValueError(f"no *.txt, *.jsonl or *.parquet files in data directory {path}")
@@ -67,6 +72,12 @@ def _documents(entry: str | Path, text_column: str) -> Iterator[str]:
             yield entry.read_text(encoding="utf-8")
         except UnicodeDecodeError as err:
             raise ValueError(f"{entry}: not UTF-8 text (byte {err.start})") from None
+    elif is_datasets_dir(entry):
+        for where, row in read_rows(entry, [text_column]):
+            if text_column not in row:
+                raise ValueError(f"text column {text_column!r} missing in {where}")
+            if row[text_column]:
+                yield row[text_column]
     elif entry.suffix == ".jsonl":
         with open(entry, encoding="utf-8") as f:
             for lineno, line in enumerate(f, 1):
@@ -106,7 +117,9 @@ def _cache_key(entries: list[str | Path], tokenizer, text_column: str) -> str:
     """Hash of everything the stream depends on: files (path, size, mtime), vocabulary, text column."""
     h = hashlib.sha256(f"v1|{text_column}|".encode())
     for entry in entries:
-        files = corpus_files() if isinstance(entry, str) else [entry]  # builtin: hash the corpus files too
+        # builtin and datasets folders: hash the files they are made of
+        files = corpus_files() if isinstance(entry, str) else \
+            sorted(p for p in entry.rglob("*") if p.is_file()) if entry.is_dir() else [entry]
         h.update(f"{entry}|".encode())
         for f in files:
             st = f.stat()
@@ -222,3 +235,39 @@ def eval_batches(tokens: torch.Tensor, num_batches: int, batch_size: int,
     starts = torch.arange(n_blocks) * block_size
     windows = tokens[starts[:, None] + torch.arange(block_size + 1)].long()  # (n_blocks, T + 1)
     return [(w[:, :-1], w[:, 1:]) for w in windows.split(batch_size)]
+
+
+# -----------------------------------------------------------------------------
+# every data.format behind one interface: what the loop calls
+
+Batch = tuple[torch.Tensor, torch.Tensor, "torch.Tensor | None"]  # x, y (B, T); attention mask (B, T) or None
+
+
+def load_data(data_cfg, tokenizer) -> TokenData | ExampleData:
+    """The training data of `data_cfg`: for text a cached token stream, split; else masked example rows.
+    Bad rows and missing columns raise ValueError naming the file and row. `vocab_size` is the tokenizer's."""
+    if data_cfg.format == "text":
+        tokens = load_tokens(data_cfg.source, tokenizer, text_column=data_cfg.text_column,
+                             max_tokens=data_cfg.max_tokens)
+        return split_tokens(tokens, data_cfg.val_fraction, data_cfg.block_size, vocab_size=len(tokenizer))
+    return load_examples(resolve_source(data_cfg.source), tokenizer, data_cfg)
+
+
+def max_token_id(data: TokenData | ExampleData) -> int:
+    if isinstance(data, TokenData):
+        return int(max(data.train.max(), data.val.max()))
+    return int(max(data.train.ids.max(), data.val.ids.max()))
+
+
+def train_batch(data: TokenData | ExampleData, step: int, batch_size: int, block_size: int, seed: int) -> Batch:
+    """The training batch of 0-based `step`: random text windows (no mask) or random example rows (masked)."""
+    if isinstance(data, TokenData):
+        return (*get_batch(data.train, step, batch_size, block_size, seed), None)
+    return example_batch(data.train, step, batch_size, seed)
+
+
+def held_out_batches(data: TokenData | ExampleData, num_batches: int, batch_size: int, block_size: int) -> list[Batch]:
+    """The fixed held-out batches evaluation uses."""
+    if isinstance(data, TokenData):
+        return [(x, y, None) for x, y in eval_batches(data.val, num_batches, batch_size, block_size)]
+    return example_eval_batches(data.val, num_batches, batch_size)

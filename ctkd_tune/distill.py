@@ -27,13 +27,15 @@ from torch import nn
 from tqdm import tqdm
 
 from ctkd_tune.checkpoint import check_same_run, load_checkpoint, save_checkpoint
-from ctkd_tune.checks import check_steps, sanity_checks
+from ctkd_tune.checks import check_steps, divergence_limit, sanity_checks
 from ctkd_tune.config import Config, ConfigError
+from ctkd_tune import fused_step
 from ctkd_tune.ctkd import lambda_at
 from ctkd_tune.losses import kd_loss
-from ctkd_tune.data import TokenData, eval_batches, get_batch, load_tokens, resolve_source, split_tokens
-from ctkd_tune.models import Teacher, check_context, check_model_paths, check_same_vocabulary, load_student, \
-    load_teacher, resolve_device
+from ctkd_tune.data import TokenData, held_out_batches, load_data, max_token_id, resolve_source, train_batch
+from ctkd_tune.instruct import IGNORE_INDEX, DataError, ExampleData
+from ctkd_tune.models import Teacher, check_block_size, check_context, check_model_paths, check_same_vocabulary, \
+    count_parameters, load_student, load_teacher, load_tokenizer, model_context, resolve_device
 from ctkd_tune.teacher_states import TeacherOutputs
 from ctkd_tune.temperature import Temperature, temperature_stats
 
@@ -47,8 +49,9 @@ class Setup:
     teacher: Teacher
     student: nn.Module
     tokenizer: Any
-    data: TokenData
+    data: TokenData | ExampleData
     device: torch.device
+    fused: bool = False  # loss.fused resolved for these models: head + KD + CE from hidden states (fused_step)
 
 
 @dataclass
@@ -59,8 +62,13 @@ class RunResult:
 
 
 def prepare(cfg: Config) -> Setup:
-    """Load teacher, tokenizer, data and a fresh student; every bad path or mismatch fails here, before training."""
-    check_model_paths(cfg.model)
+    """Load teacher, tokenizer, data and a fresh student; every bad path or mismatch fails here, before training.
+
+    Order: paths (and GGUF headers), block size against both contexts, tokenizer, data (bad rows), then weights.
+    """
+    sources = check_model_paths(cfg.model)
+    check_block_size(cfg.data.block_size, {f"model.{k}": model_context(v, cfg.model.trust_remote_code)
+                                           for k, v in sources.items()})
     try:
         resolve_source(cfg.data.source)  # a missing data path fails here, before any model loads
     except (FileNotFoundError, ValueError) as err:
@@ -68,18 +76,22 @@ def prepare(cfg: Config) -> Setup:
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     device = resolve_device(cfg.train.device)
-    teacher_model, tokenizer = load_teacher(cfg.model, device)
-    tokens = load_tokens(cfg.data.source, tokenizer, text_column=cfg.data.text_column,
-                         max_tokens=cfg.data.max_tokens)
-    vocab_size = teacher_model.config.vocab_size
-    if int(tokens.max()) >= vocab_size:
-        raise ConfigError(f"data holds token id {int(tokens.max())} but the teacher has only {vocab_size} logits")
-    data = split_tokens(tokens, cfg.data.val_fraction, cfg.data.block_size, vocab_size=vocab_size)
+    tokenizer = load_tokenizer(cfg.model, sources["teacher"])
+    try:
+        data = load_data(cfg.data, tokenizer)  # bad rows fail here, before any weight is read
+    except DataError as err:
+        raise ConfigError(str(err)) from None
+    teacher_model, tokenizer = load_teacher(cfg.model, device, sources["teacher"], tokenizer)
+    data.vocab_size = vocab_size = teacher_model.config.vocab_size
+    if max_token_id(data) >= vocab_size:
+        raise ConfigError(f"data holds token id {max_token_id(data)} but the teacher has only {vocab_size} logits")
     student = load_student(cfg.model, teacher_model, tokenizer, device, seed=cfg.train.resolved_init_seed)
     check_same_vocabulary(tokenizer, None, teacher_model, student)
     check_context(cfg.data.block_size, teacher=teacher_model, student=student)
     teacher = Teacher(teacher_model, with_hidden=cfg.loss.align_weight > 0)
-    return Setup(teacher, student, tokenizer, data, device)
+    fused = isinstance(data, TokenData) and fused_step.use_fused(  # instruction data pads: the logits path
+        cfg, teacher_model, student, data.train[:cfg.data.block_size][None].to(device))
+    return Setup(teacher, student, tokenizer, data, device, fused)
 
 
 def get_lr(step: int, cfg: Config) -> float:
@@ -112,47 +124,79 @@ def student_optimizer(student: nn.Module, align: nn.Module | None, cfg: Config) 
     return torch.optim.AdamW(groups, lr=cfg.train.lr, betas=(0.9, 0.95))
 
 
+def counted_losses(student_logits: torch.Tensor, teacher_logits: torch.Tensor, y: torch.Tensor, tau: torch.Tensor,
+                   mask: torch.Tensor | None, chunk_size: int, **divergence) -> tuple[torch.Tensor, torch.Tensor]:
+    """(KD, CE), each a mean over the counted tokens: all of them (mask None, text) or where `mask` (B, T) is True
+    (instruction data: the response tokens; y is IGNORE_INDEX elsewhere). Logits (B, T, V), y (B, T);
+    `divergence` (divergence=, alpha=, beta=) goes to `kd_loss`."""
+    kd = kd_loss(student_logits, teacher_logits, tau, mask=mask, chunk_size=chunk_size, **divergence)
+    ce = F.cross_entropy(student_logits.flatten(0, 1).float(), y.flatten(), ignore_index=IGNORE_INDEX)
+    return kd, ce
+
+
 def loss_step(cfg: Config, student: nn.Module, temperature: Temperature, align: nn.Module | None,
-              teacher: TeacherOutputs, i: int, x: torch.Tensor, y: torch.Tensor, lam: float,
-              autocast) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Forward → τ → loss on batch (x, y) of 0-based step i; returns (loss, kd, ce, τ).
+              teacher: TeacherOutputs, i: int, x: torch.Tensor, y: torch.Tensor, lam: float, autocast,
+              attention_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+    """Forward → τ → loss on batch (x, y) of 0-based step i; returns (loss, kd, ce, τ over the counted tokens).
 
         loss = kd_weight · τ²·D(teacher ‖ student at τ) + ce_weight · CE(student, y)   (D: loss.divergence)
                + align_weight · MSE(align(student hidden), teacher hidden)
+    each a mean over the counted tokens: all of them for text (attention_mask None), the response tokens of
+    instruction data (y != IGNORE_INDEX; the attention mask hides the padding).
     """
+    mask = None if attention_mask is None else y != IGNORE_INDEX  # (B, T)
     with autocast():
-        teacher_out = teacher.train(i, x)  # logits (B, T, V), hidden (B, T, H_t) when aligning
-        student_out = student(x, output_hidden_states=align is not None)
+        teacher_out = teacher.train(i, x, attention_mask)  # logits (B, T, V), hidden (B, T, H_t) when aligning
+        student_out = student(x, attention_mask=attention_mask, output_hidden_states=align is not None)
     tau = temperature(i, lam, student_out.logits, teacher_out.logits)  # () or (B*T,)
-    kd = kd_loss(student_out.logits, teacher_out.logits, tau, chunk_size=cfg.loss.chunk_size,
-                 divergence=cfg.loss.divergence, alpha=cfg.loss.skew_alpha, beta=cfg.loss.jsd_beta)
-    ce = F.cross_entropy(student_out.logits.flatten(0, 1).float(), y.flatten())
+    kd, ce = counted_losses(student_out.logits, teacher_out.logits, y, tau, mask, cfg.loss.chunk_size,
+                            divergence=cfg.loss.divergence, alpha=cfg.loss.skew_alpha, beta=cfg.loss.jsd_beta)
     loss = cfg.loss.kd_weight * kd + cfg.loss.ce_weight * ce
     if align is not None:
         aligned = align(student_out.hidden_states[-1].float())
-        loss = loss + cfg.loss.align_weight * F.mse_loss(aligned, teacher_out.hidden.float())
-    return loss, kd, ce, tau
+        diff = (aligned - teacher_out.hidden.float()).pow(2).mean(-1)  # (B, T)
+        loss = loss + cfg.loss.align_weight * (diff.mean() if mask is None else diff[mask].mean())
+    return loss, kd, ce, tau if tau.dim() == 0 or mask is None else tau[mask.flatten()]
 
 
 @torch.no_grad()
-def evaluate(student: nn.Module, teacher: TeacherOutputs, batches: list[tuple[torch.Tensor, torch.Tensor]],
-             chunk_size: int, autocast) -> dict[str, float]:
-    """Held-out student perplexity, KL to the teacher at T = 1, and top-1 agreement with the teacher."""
+def evaluate(student: nn.Module, teacher: TeacherOutputs, batches: list[tuple[torch.Tensor, ...]],
+             chunk_size: int, autocast, with_teacher: bool = False) -> dict[str, float]:
+    """Held-out student perplexity, KL to the teacher at T = 1, and top-1 agreement with the teacher, over the
+    tokens the loss counts (every token of text; the response tokens of instruction data); with_teacher adds the
+    teacher's own perplexity on those tokens as "teacher/ppl"."""
     student.eval()
-    ce_sum = kl_sum = agree = count = 0.0
-    for i, (x, y) in enumerate(batches):
+    ce_sum = teacher_ce_sum = kl_sum = agree = count = 0.0
+    for i, (x, y, attention_mask) in enumerate(batches):
         with autocast():
-            teacher_logits = teacher.held_out(i, x).logits  # (B, T, V)
-            student_logits = student(x).logits  # (B, T, V)
-        n = y.numel()
-        ce_sum += F.cross_entropy(student_logits.flatten(0, 1).float(), y.flatten(), reduction="sum").item()
-        kl_sum += kd_loss(student_logits, teacher_logits, 1.0, chunk_size=chunk_size).item() * n
-        agree += (student_logits.argmax(-1) == teacher_logits.argmax(-1)).sum().item()
+            teacher_logits = teacher.held_out(i, x, attention_mask).logits  # (B, T, V)
+            student_logits = student(x, attention_mask=attention_mask).logits  # (B, T, V)
+        mask = y != IGNORE_INDEX  # (B, T)
+        n = mask.sum().item()
+        ce_sum += F.cross_entropy(student_logits.flatten(0, 1).float(), y.flatten(), ignore_index=IGNORE_INDEX,
+                                  reduction="sum").item()
+        if with_teacher:
+            teacher_ce_sum += F.cross_entropy(teacher_logits.flatten(0, 1).float(), y.flatten(),
+                                              ignore_index=IGNORE_INDEX, reduction="sum").item()
+        kl_sum += kd_loss(student_logits, teacher_logits, 1.0, mask=mask, chunk_size=chunk_size).item() * n
+        agree += ((student_logits.argmax(-1) == teacher_logits.argmax(-1)) & mask).sum().item()
         count += n
     student.train()
     ce = ce_sum / count
-    return {"val/loss": ce, "val/ppl": math.exp(min(ce, MAX_LOSS)), "val/kl": kl_sum / count,
-            "val/top1_agreement": agree / count}
+    metrics = {"val/loss": ce, "val/ppl": math.exp(min(ce, MAX_LOSS)), "val/kl": kl_sum / count,
+               "val/top1_agreement": agree / count}
+    if with_teacher:
+        metrics["teacher/ppl"] = math.exp(min(teacher_ce_sum / count, MAX_LOSS))
+    return metrics
+
+
+def reference_points(student: nn.Module, teacher: TeacherOutputs, batches: list[tuple[torch.Tensor, ...]],
+                     evaluate_on: Callable[..., dict[str, float]], chunk: float, autocast) -> dict[str, float]:
+    """The run's own yardsticks, measured before the first step: the teacher's held-out perplexity and the
+    student's (on the same tokens). The relative sanity checks and the divergence stop are judged against them.
+    `evaluate_on` is this run's evaluation (`evaluate`, or the fused path's) and `chunk` its chunk setting."""
+    metrics = evaluate_on(student, teacher, batches, chunk, autocast, with_teacher=True)
+    return {"ref/teacher_val_ppl": metrics["teacher/ppl"], "ref/student_val_ppl_start": metrics["val/ppl"]}
 
 
 def print_report(metrics: dict[str, Any], checkpoint: Path | None = None) -> None:
@@ -181,9 +225,12 @@ def distill(cfg: Config, report: Report = print_report, *, setup: Setup | None =
     # What a checkpoint holds besides the step, history and RNG: the same keys are saved and restored.
     trained = {"student": student, "optimizer": optimizer, "temperature": temperature,
                "temperature_optimizer": temp_optimizer, "align": align}
-    teacher = TeacherOutputs.open(cfg, setup.teacher, data)  # stored states if a driver built them, else forward
-    held_out = [(x.to(device), y.to(device)) for x, y in
-                eval_batches(data.val, t.eval_batches, t.batch_size, cfg.data.block_size)]
+    teacher = TeacherOutputs.open(cfg, setup.teacher, data, hidden_only=setup.fused)  # stored states, else forward
+    # The fused path: the same numbers from hidden states, without (tokens, vocab) logits (fused_step).
+    step_loss, evaluate_on, eval_chunk = (loss_step, evaluate, cfg.loss.chunk_size) if not setup.fused else \
+        (fused_step.loss_step, fused_step.evaluate, fused_step.chunk_mb(cfg, device))
+    held_out = [tuple(b.to(device) if b is not None else None for b in batch)  # (x, y, attention mask or None)
+                for batch in held_out_batches(data, t.eval_batches, t.batch_size, cfg.data.block_size)]
     eval_at = evaluation_steps(cfg)
     clip = t.grad_clip if t.grad_clip > 0 else float("inf")
 
@@ -196,11 +243,23 @@ def distill(cfg: Config, report: Report = print_report, *, setup: Setup | None =
                 obj.load_state_dict(state[key])
         torch.set_rng_state(state["rng"].cpu())
         start, history, wall_before = state["step"] + 1, state["history"], state["wall_time"]
+        references = state.get("references", {})
+    else:
+        references = reference_points(student, teacher, held_out, evaluate_on, eval_chunk, autocast)
+        if progress:
+            derived = ", initialised from its layers" if cfg.model.student_init_from_teacher else ""
+            tqdm.write(f"teacher {count_parameters(setup.teacher.model) / 1e6:.1f} M parameters, student "
+                       f"{count_parameters(student) / 1e6:.1f} M "
+                       f"({'loaded' if cfg.model.student else 'derived from the teacher' + derived})")
+            tqdm.write(f"step      0  val/ppl {references['ref/student_val_ppl_start']:9.2f}  "
+                       f"(the teacher's: {references['ref/teacher_val_ppl']:.2f})")
+    diverge_above = divergence_limit(cfg, references)
 
     status, started = "completed", time.perf_counter()
     student.train()
     bar = tqdm(range(start, n_steps + 1), initial=start - 1, total=n_steps, dynamic_ncols=True, leave=False,
                disable=not (progress and sys.stderr.isatty()))
+    lines = ProgressLines(t.progress_every, t.progress_seconds, n_steps) if progress and bar.disable else None
     for step in bar:
         i = step - 1  # 0-based position in every schedule
         tic = time.perf_counter()
@@ -211,9 +270,10 @@ def distill(cfg: Config, report: Report = print_report, *, setup: Setup | None =
         lam = lambda_at(cfg.schedule, i, n_steps) if cfg.temperature.adversarial else 0.0
 
         # 2. forward and loss: teacher outputs, student, temperature
-        x, y = (b.to(device) for b in get_batch(data.train, i, t.batch_size, cfg.data.block_size,
-                                                t.resolved_data_seed))
-        loss, kd, ce, tau = loss_step(cfg, student, temperature, align, teacher, i, x, y, lam, autocast)
+        x, y, attention_mask = (b.to(device) if b is not None else None for b in  # (B, T) each; mask: text None
+                                train_batch(data, i, t.batch_size, cfg.data.block_size, t.resolved_data_seed))
+        loss, kd, ce, tau = step_loss(cfg, student, temperature, align, teacher, i, x, y, lam, autocast,
+                                      attention_mask)
         if not torch.isfinite(loss):
             status = f"diverged at step {step}: non-finite loss"
             break
@@ -238,9 +298,15 @@ def distill(cfg: Config, report: Report = print_report, *, setup: Setup | None =
                "train/tokens_per_s": x.numel() / (time.perf_counter() - tic),
                "ctkd/lambda": lam, **temperature_stats(tau)}
         if step in eval_at:
-            row.update(evaluate(student, teacher, held_out, cfg.loss.chunk_size, autocast))
+            row.update(evaluate_on(student, teacher, held_out, eval_chunk, autocast), **references)
             if not math.isfinite(row["val/loss"]) or row["val/loss"] >= MAX_LOSS:
                 status = f"diverged at step {step}: non-finite validation loss"
+                break
+            if row["val/ppl"] > diverge_above:  # relative thresholds: far above where this student started
+                status = (f"diverged at step {step}: val/ppl {row['val/ppl']:.4g} rose above "
+                          f"{cfg.checks.diverge_factor:g} × its start ({references['ref/student_val_ppl_start']:.4g})")
+                history.append(row)
+                report(row, None)
                 break
         history.append(row)
         bar.set_postfix(loss=f"{row['train/loss']:.3f}", T=f"{row['ctkd/temperature']:.2f}", lam=f"{lam:.2f}",
@@ -251,27 +317,52 @@ def distill(cfg: Config, report: Report = print_report, *, setup: Setup | None =
             saved = save_checkpoint(checkpoint_dir, {
                 "step": step, "config": cfg.flat(), "history": history, "rng": torch.get_rng_state(),
                 "wall_time": wall_before + time.perf_counter() - started,
-                **{key: obj.state_dict() if obj is not None else {} for key, obj in trained.items()}})
+                **{key: obj.state_dict() if obj is not None else {} for key, obj in trained.items()},
+                "references": references})
         report(row, saved)
+        if lines is not None:
+            lines.maybe_print(row)
     bar.close()
 
-    summary = summarize(cfg, history, status, wall_before + time.perf_counter() - started)
+    summary = summarize(cfg, history, status, wall_before + time.perf_counter() - started, references)
     return RunResult(summary, history, student)
+
+
+class ProgressLines:
+    """Progress without a terminal (logs, CI, Ray workers): one line every `every` steps or `seconds` seconds."""
+
+    def __init__(self, every: int, seconds: float, total: int):
+        self.every, self.seconds, self.total = every, seconds, total
+        self.last = time.perf_counter()
+
+    def maybe_print(self, row: dict[str, Any]) -> None:
+        now = time.perf_counter()
+        if row["step"] % self.every and now - self.last < self.seconds and row["step"] != self.total:
+            return
+        self.last = now
+        print(f"step {row['step']}/{self.total}  loss {row['train/loss']:.4f}  kd {row['train/kd_loss']:.4f}  "
+              f"ce {row['train/ce_loss']:.4f}  T {row['ctkd/temperature']:.3f}  λ {row['ctkd/lambda']:.3f}  "
+              f"lr {row['train/lr']:.2e}  {row['train/tokens_per_s']:.0f} tok/s", file=sys.stderr, flush=True)
 
 
 def _last(history: list[dict[str, Any]], key: str) -> float:
     return next((row[key] for row in reversed(history) if key in row), float("nan"))
 
 
-def summarize(cfg: Config, history: list[dict[str, Any]], status: str, wall_time: float) -> dict[str, Any]:
-    """Final and best val/ppl, final temperature and λ, checks and the resolved config — all finite or None."""
+def summarize(cfg: Config, history: list[dict[str, Any]], status: str, wall_time: float,
+              references: dict[str, float] | None = None) -> dict[str, Any]:
+    """Final and best val/ppl, the teacher's and the step-0 student's val/ppl, final temperature and λ, checks and
+    the resolved config — all finite or None."""
+    references = references or {}
     evals = [row for row in history if "val/ppl" in row]
     best = min(evals, key=lambda row: row["val/ppl"]) if evals else None
     final = history[-1] if history else {}
-    checks = sanity_checks(history, cfg)
+    checks = sanity_checks(history, cfg, references)
     return {
         "status": status,
         "steps": final.get("step", 0),
+        "teacher_val_ppl": references.get("ref/teacher_val_ppl"),
+        "student_val_ppl_start": references.get("ref/student_val_ppl_start"),
         "final_val_ppl": evals[-1]["val/ppl"] if evals else None,
         "best_val_ppl": best["val/ppl"] if best else None,
         "best_step": best["step"] if best else None,

@@ -30,12 +30,14 @@ from ctkd_tune.io import atomic_write_parquet
 
 OPTUNA_TRIAL_KEY = "optuna_trial"
 """Key the searcher adds to each trial's config: the Optuna trial number (not a config override)."""
-CURVE_METRICS = ["val/ppl", "val/kl", "val/top1_agreement", "val/loss", "train/loss", "train/kd_loss",
+CURVE_METRICS = ["ref/teacher_val_ppl", "ref/student_val_ppl_start", "val/ppl", "val/kl", "val/top1_agreement",
+                 "val/loss", "train/loss", "train/kd_loss",
                  "train/ce_loss", "train/lr", "ctkd/temperature", "ctkd/temperature_min", "ctkd/temperature_max",
                  "ctkd/lambda", "ctkd/evals_at_bound", "wall_time_s", "reported_at"]
 TRIAL_KEYS = ["trial_id", "optuna_trial", "optuna_state", "run", "status", "stop_reason", "final_val_ppl",
               "best_val_ppl", "best_step", "final_val_kl", "final_top1_agreement", "final_temperature", "final_lambda",
-              "temperature_drift", "steps", "wall_time_s", "path", "params"]  # then the config's dotted keys
+              "temperature_drift", "teacher_val_ppl", "student_val_ppl_start", "steps", "wall_time_s", "path",
+              "params"]  # then the config's dotted keys
 CURVE_KEYS = ["trial_id", "optuna_trial", "step", "status", *CURVE_METRICS]
 STATUSES = ("completed", "pruned", "diverged", "error", "interrupted", "running")
 
@@ -45,7 +47,7 @@ def divergence_reason(result: dict[str, Any], ppl_threshold: float, runaway_pati
     if result.get("status") == "diverged":
         return result.get("stop_reason") or "diverged"
     ppl, step = result.get("val/ppl"), result.get("step")
-    if ppl is not None and ppl > ppl_threshold:
+    if ppl is not None and ppl_threshold is not None and ppl > ppl_threshold:
         return f"val/ppl {ppl:.1f} above the divergence threshold {ppl_threshold:g} at step {step}"
     at_bound = result.get("ctkd/evals_at_bound") or 0
     if runaway_patience and at_bound >= runaway_patience:
@@ -148,6 +150,9 @@ def build_tables(records: Iterable[Any], base: dict[str, Any], *, ppl_threshold:
             "final_val_kl": evals[-1].get("val/kl") if evals else None,
             "final_top1_agreement": evals[-1].get("val/top1_agreement") if evals else None,
             "final_temperature": last.get("ctkd/temperature"), "final_lambda": last.get("ctkd/lambda"),
+            "teacher_val_ppl": next((r["ref/teacher_val_ppl"] for r in reports if "ref/teacher_val_ppl" in r), None),
+            "student_val_ppl_start": next((r["ref/student_val_ppl_start"] for r in reports
+                                           if "ref/student_val_ppl_start" in r), None),
             "steps": last.get("step", 0), "wall_time_s": last.get("wall_time_s"), "path": str(record.path),
             "params": json.dumps(params, sort_keys=True),  # what the searcher chose; the rest is the base config
         }

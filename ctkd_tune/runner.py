@@ -10,6 +10,7 @@ All files are written atomically; an existing run is never overwritten unless re
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,8 @@ def run_distill(cfg: Config, output: str | Path, resume: bool = False, progress:
         rows.append(metrics)
         if saved is not None:
             atomic_write_parquet(output / "metrics.parquet", _rows(rows))
+            size = sum(f.stat().st_size for f in Path(saved).iterdir() if f.is_file())
+            print(f"checkpoint at step {metrics['step']}: {size / 2**20:.1f} MB in {saved}", file=sys.stderr)
 
     result = distill(cfg, report, setup=setup, checkpoint_dir=checkpoint, resume=checkpoint if resume else None,
                      progress=progress)

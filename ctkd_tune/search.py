@@ -35,6 +35,7 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import ConcurrencyLimiter
 
+from ctkd_tune.checks import default_ppl_threshold
 from ctkd_tune.config import Config, ConfigError, from_dict
 from ctkd_tune.io import atomic_write_json
 from ctkd_tune.lock import experiment_lock
@@ -137,7 +138,7 @@ def run_search(base_cfg: Config | None, settings: SearchSettings | None = None, 
         params = {"params": info.params, "points": info.points,
                   "grace_period": s.grace_period or _grace_period(info.max_warmup_ratio, steps), "max_t": steps,
                   "reduction_factor": s.reduction_factor, "runaway_patience": s.runaway_patience,
-                  "ppl_threshold": s.ppl_threshold or base_cfg.checks.ppl_at_10, "seed": s.seed,
+                  "ppl_threshold": s.ppl_threshold or default_ppl_threshold(base_cfg), "seed": s.seed,
                   "cpus_per_trial": s.cpus_per_trial, "gpus_per_trial": s.gpus_per_trial, "sampler": s.sampler,
                   "scheduler": s.scheduler}
     space_fn = load_space(space or DEFAULT_SPACE)  # a file-based space must be importable to unpickle the searcher

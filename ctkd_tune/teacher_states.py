@@ -54,7 +54,7 @@ class TeacherStates:
 
     @classmethod
     def open(cls, cfg: Config, teacher: Teacher, data: TokenData) -> TeacherStates | None:
-        if cfg.train.teacher_cache_mb <= 0 or not any(_entries().glob("*/meta.json")):
+        if cfg.train.teacher_cache_mb <= 0 or cfg.data.format != "text" or not any(_entries().glob("*/meta.json")):
             return None  # nothing stored: skip hashing the teacher and the tokens
         directory = _entries() / _key(cfg, teacher, data)
         if not (directory / "meta.json").is_file():
@@ -68,11 +68,17 @@ class TeacherStates:
     @torch.no_grad()
     def output(self, step: int, x: torch.Tensor) -> TeacherOutput:
         """The teacher's output on batch `x` of 0-based `step`, from the entry (or the teacher, if it differs)."""
+        hidden = self.last_hidden(step, x)
+        if hidden is None:
+            return self.teacher(x)
+        return TeacherOutput(self.head(hidden), hidden if self.teacher.with_hidden else None)
+
+    def last_hidden(self, step: int, x: torch.Tensor) -> torch.Tensor | None:
+        """(B, T, H) stored last hidden state of batch `x` of 0-based `step`; None (a miss) if the entry differs."""
         if step >= len(self.ids) or not np.array_equal(self.ids[step], x.cpu().numpy()):
             self.misses += 1
-            return self.teacher(x)
-        hidden = torch.from_numpy(np.array(self.hidden[step])).to(x.device)  # (B, T, H)
-        return TeacherOutput(self.head(hidden), hidden if self.teacher.with_hidden else None)
+            return None
+        return torch.from_numpy(np.array(self.hidden[step])).to(x.device)  # (B, T, H)
 
 
 class TeacherOutputs:
@@ -85,33 +91,41 @@ class TeacherOutputs:
     """
 
     def __init__(self, teacher: Teacher, stored: TeacherStates | None = None, eval_cache_mb: float = 0.0,
-                 eval_batches: int = 1):
-        self.teacher, self.stored = teacher, stored
+                 eval_batches: int = 1, hidden_only: bool = False):
+        self.teacher, self.stored, self.hidden_only = teacher, stored, hidden_only
         self.eval_cache_bytes, self.eval_batches = eval_cache_mb * 2**20, eval_batches
         self.kept: dict[int, TeacherOutput] = {}
 
     @classmethod
-    def open(cls, cfg: Config, teacher: Teacher, data: TokenData) -> TeacherOutputs:
+    def open(cls, cfg: Config, teacher: Teacher, data: TokenData, hidden_only: bool = False) -> TeacherOutputs:
+        """`hidden_only` (the fused path): outputs hold the last hidden state and no logits."""
         stored = TeacherStates.open(cfg, teacher, data)
-        return cls(teacher, stored, cfg.train.eval_cache_mb, cfg.train.eval_batches)
+        return cls(teacher, stored, cfg.train.eval_cache_mb, cfg.train.eval_batches, hidden_only)
 
-    def train(self, step: int, x: torch.Tensor) -> TeacherOutput:
-        """The teacher's output on training batch `x` of 0-based `step`."""
-        return self.stored.output(step, x) if self.stored is not None else self.teacher(x)
+    def train(self, step: int, x: torch.Tensor, attention_mask: torch.Tensor | None = None) -> TeacherOutput:
+        """The teacher's output on training batch `x` of 0-based `step` (instruction data: with its attention mask,
+        never stored; the fused path, which takes text only: the last hidden state alone)."""
+        if self.hidden_only:
+            hidden = self.stored.last_hidden(step, x) if self.stored is not None else None
+            return TeacherOutput(None, self.teacher.body(x) if hidden is None else hidden)
+        if self.stored is not None and attention_mask is None:
+            return self.stored.output(step, x)
+        return self.teacher(x, attention_mask)
 
-    def held_out(self, i: int, x: torch.Tensor) -> TeacherOutput:
+    def held_out(self, i: int, x: torch.Tensor, attention_mask: torch.Tensor | None = None) -> TeacherOutput:
         """The teacher's output on held-out batch `x`, the i-th of the evaluation."""
         out = self.kept.get(i)
         if out is None:
-            out = self.teacher(x)
-            if out.logits.numel() * out.logits.element_size() * self.eval_batches <= self.eval_cache_bytes:
+            out = TeacherOutput(None, self.teacher.body(x)) if self.hidden_only else self.teacher(x, attention_mask)
+            kept = out.hidden if self.hidden_only else out.logits
+            if kept.numel() * kept.element_size() * self.eval_batches <= self.eval_cache_bytes:
                 self.kept[i] = out
         return out
 
 
 def build(cfg: Config, teacher: Teacher, data: TokenData, log=print) -> Path | None:
     """Compute the entry for cfg's training batches unless it exists; None when it cannot or should not be."""
-    if cfg.train.teacher_cache_mb <= 0:
+    if cfg.train.teacher_cache_mb <= 0 or cfg.data.format != "text":  # instruction rows: not stored (yet)
         return None
     directory = _entries() / _key(cfg, teacher, data)
     if (directory / "meta.json").is_file():
@@ -146,7 +160,7 @@ def _write(directory: Path, cfg: Config, teacher: Teacher, data: TokenData, devi
         states = ids = None
         for step in range(t.steps):
             x, _ = get_batch(data.train, step, t.batch_size, cfg.data.block_size, seed)
-            hidden = _body(teacher, x.to(device)).float().cpu().numpy()
+            hidden = teacher.body(x.to(device)).float().cpu().numpy()
             if states is None:
                 states = np.lib.format.open_memmap(tmp / "hidden.npy", mode="w+", dtype=np.float32,
                                                    shape=(t.steps, *hidden.shape))
@@ -173,15 +187,9 @@ def _entries() -> Path:
 
 
 @torch.no_grad()
-def _body(teacher: Teacher, x: torch.Tensor) -> torch.Tensor:
-    """The teacher's last hidden state (after its final norm): what its LM head reads."""
-    return teacher.model.base_model(x).last_hidden_state
-
-
-@torch.no_grad()
 def _probe(teacher: Teacher, x: torch.Tensor) -> tuple[torch.Tensor, bool]:
     """(last hidden state on x, whether the LM head applied to it gives the teacher's logits)."""
-    hidden = _body(teacher, x)
+    hidden = teacher.body(x)
     head = teacher.model.get_output_embeddings()
     if head is None:
         return hidden, False

@@ -50,18 +50,25 @@ class Temperature(nn.Module):
         if cfg.learned:
             self.module = LEARNED[cfg.granularity](cfg)
 
-    def forward(self, step: int, lambda_: float, student_logits: torch.Tensor,
-                teacher_logits: torch.Tensor) -> torch.Tensor:
-        """τ as a 0-d float32 tensor (global) or one value per token, shape (B*T,) (token)."""
+    def forward(self, step: int, lambda_: float, student_logits: torch.Tensor | None = None,
+                teacher_logits: torch.Tensor | None = None, *,
+                features: Callable[[], torch.Tensor] | None = None, device: torch.device | None = None) -> torch.Tensor:
+        """τ as a 0-d float32 tensor (global) or one value per token, shape (B*T,) (token).
+
+        The per-token features come from the logits, or from `features()` when given (the fused path computes them
+        from hidden states); either is evaluated only for granularity `token`.
+        """
         cfg = self.cfg
         if not cfg.learned:
-            return torch.tensor(SET[cfg.mode](cfg, step / max(1, self.total_steps - 1)), device=student_logits.device)
+            device = student_logits.device if device is None else device
+            return torch.tensor(SET[cfg.mode](cfg, step / max(1, self.total_steps - 1)), device=device)
         # learnable = the same module with λ = -1: the GRL's backward -λ·grad is then +grad, plain minimisation.
         grl_lambda = lambda_ if cfg.adversarial else -1.0
         if cfg.granularity == "global":
             return self.module(grl_lambda)
-        features = token_features(student_logits, teacher_logits)  # (B*T, 4), computed without grad
-        return self.module(features, grl_lambda)
+        if features is None:
+            features = lambda: token_features(student_logits, teacher_logits)
+        return self.module(features(), grl_lambda)  # features: (B*T, 4), computed without grad
 
     def optimizer(self) -> torch.optim.Optimizer | None:
         if self.module is None:

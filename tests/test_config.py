@@ -90,3 +90,8 @@ def test_divergence_defaults_and_choices():
         assert load_config(overrides=[f"loss.divergence={name}"]).loss.divergence == name
     with pytest.raises(ConfigError, match="loss.divergence must be one of forward_kl, reverse_kl, skew_kl, jsd"):
         load_config(overrides=["loss.divergence=JSD"])
+
+
+def test_fused_true_needs_text_data():
+    with pytest.raises(ConfigError, match="loss.fused=true needs data.format=text"):
+        load_config(preset="tiny", overrides=["loss.fused=true", "data.format=chat"])

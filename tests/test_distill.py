@@ -79,9 +79,13 @@ def test_teacher_logits_on_held_out_data_are_computed_once_and_change_nothing():
             self.teacher, self.first, self.calls = teacher, held_out_first, 0
             self.model, self.with_hidden = teacher.model, teacher.with_hidden
 
-        def __call__(self, x):
+        def __call__(self, x, attention_mask=None):
             self.calls += int(torch.equal(x, self.first))
-            return self.teacher(x)
+            return self.teacher(x, attention_mask)
+
+        def body(self, x):  # what the fused path calls (loss.fused): the last hidden state, no logits
+            self.calls += int(torch.equal(x, self.first))
+            return self.teacher.body(x)
 
     from ctkd_tune.data import eval_batches
 
@@ -94,7 +98,8 @@ def test_teacher_logits_on_held_out_data_are_computed_once_and_change_nothing():
         setup.teacher = CountingTeacher(setup.teacher, first)
         runs[cache_mb] = (distill(cfg, setup=setup, **QUIET).history, setup.teacher.calls)
     (plain, plain_calls), (cached, cached_calls) = runs[0], runs[1024]
-    assert plain_calls == len([r for r in plain if "val/ppl" in r]) >= 6 and cached_calls == 1
+    # every evaluation, and the reference points before step 1, without the cache; once with it
+    assert plain_calls == len([r for r in plain if "val/ppl" in r]) + 1 >= 7 and cached_calls == 1
     strip = lambda h: [{k: v for k, v in r.items() if k != "train/tokens_per_s"} for r in h]  # noqa: E731
     assert strip(plain) == strip(cached)  # identical metrics, evaluations included
     with pytest.raises(Exception, match="train.eval_cache_mb must be >= 0"):
@@ -175,6 +180,21 @@ def test_kd_loss_falls_and_checks_pass_on_a_healthy_run():
     assert checks["kd_loss_falling"]["passed"] and checks["lambda_at_max@100%"]["passed"]
     assert checks["lambda_zero_in_warmup@10%"]["passed"]
     assert checks["ppl@100%"]["value"] < checks["ppl@10%"]["value"]
+
+
+def test_relative_thresholds_stop_a_student_far_above_its_start_and_never_a_learning_one():
+    # checks.thresholds relative (default): the reference points are measured before step 1
+    blown = distill(tiny("train.steps=20", "train.eval_every=5", "train.lr=1.0"), **QUIET)
+    start = blown.summary["student_val_ppl_start"]
+    assert blown.summary["status"].startswith("diverged at step 2: val/ppl") and "10 × its start" in blown.summary["status"]
+    learning = distill(tiny("train.steps=20", "train.eval_every=5"), **QUIET).summary
+    assert learning["status"] == "completed" and learning["final_val_ppl"] < learning["student_val_ppl_start"]
+    assert 1 < learning["teacher_val_ppl"] < learning["student_val_ppl_start"] == pytest.approx(start)
+    assert learning["checks"]["ppl@10%"]["limit"] == pytest.approx(start)  # below where it started
+    # absolute: the plan's fixed numbers; the loop then leaves the divergence threshold to a search
+    absolute = distill(tiny("train.steps=20", "train.eval_every=5", "train.lr=1.0", "checks.thresholds=absolute"),
+                       **QUIET).summary
+    assert "10 × its start" not in absolute["status"] and absolute["checks"]["ppl@100%"]["limit"] == 400.0
 
 
 def test_the_divergence_reaches_the_training_loss():

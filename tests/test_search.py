@@ -170,12 +170,13 @@ def test_diverging_trials_are_recorded_with_a_reason(ray_cluster, base, tmp_path
 
     space = tmp_path / "lr.yaml"
     space.write_text("train.lr: {type: categorical, choices: [1.0, 100.0]}\n")
-    # lr 1: val/ppl far above the threshold at the first evaluation; lr 100: a non-finite gradient at step 1-2
+    # lr 1: val/ppl far above 10 × its step-0 value (relative thresholds) at the first evaluation; lr 100: a non-finite gradient at step 1-2
     result = run_search(base, S(space=str(space), name="div", num_samples=2, results_root=tmp_path,
                           points=[{"train.lr": 1.0}, {"train.lr": 100.0}], verbose=0))
     trials = pd.read_parquet(result.directory / "trials.parquet").set_index("train.lr")
     assert list(trials["status"]) == ["diverged", "diverged"]
-    assert "above the divergence threshold" in trials.loc[1.0, "stop_reason"]
+    assert "rose above 10 × its start" in trials.loc[1.0, "stop_reason"]
+    assert trials.loc[1.0, "student_val_ppl_start"] > 0 and trials.loc[1.0, "teacher_val_ppl"] > 0
     assert "non-finite" in trials.loc[100.0, "stop_reason"]
     assert all(t.state.name == "FAIL" for t in _study(result.directory, "div").trials)
     assert not (result.directory / "best_config.yaml").exists()

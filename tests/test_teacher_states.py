@@ -47,8 +47,8 @@ def test_a_run_on_stored_outputs_is_the_same_run_without_the_teachers_body(entri
     setup = prepare(cfg)
     ts.build(cfg, setup.teacher, setup.data, log=lambda line: None)
     calls = []
-    real_output = ts.TeacherStates.output
-    monkeypatch.setattr(ts.TeacherStates, "output", lambda self, step, x: calls.append(step) or real_output(
+    real_hidden = ts.TeacherStates.last_hidden  # what both the logits path's `output` and the fused path read
+    monkeypatch.setattr(ts.TeacherStates, "last_hidden", lambda self, step, x: calls.append(step) or real_hidden(
         self, step, x))
     body, body_calls = setup.teacher.model.base_model, []
     real_forward = body.forward
