@@ -84,9 +84,11 @@ def profile_once(args) -> dict:
     cfg = trial_config(cfg.to_dict(), {})  # as the trainable builds it (the first known point: the defaults)
 
     # prepare, by part
-    for name, phase in (("load_teacher", "prepare: teacher"), ("load_tokens", "prepare: tokens"),
+    for name, phase in (("load_teacher", "prepare: teacher"), ("load_tokenizer", "prepare: teacher"),
+                        ("load_data", "prepare: tokens"), ("load_tokens", "prepare: tokens"),
                         ("split_tokens", "prepare: tokens"), ("load_student", "prepare: student")):
-        setattr(loop, name, timer.wrap(phase, getattr(loop, name)))
+        if hasattr(loop, name):  # the loaders `prepare` calls (their names follow distill.py)
+            setattr(loop, name, timer.wrap(phase, getattr(loop, name)))
     tic, cpu = time.perf_counter(), time.process_time()
     setup = loop.prepare(cfg)
     for s, spent in ((timer.seconds, time.perf_counter() - tic), (timer.cpu, time.process_time() - cpu)):
@@ -99,12 +101,17 @@ def profile_once(args) -> dict:
     loop.TeacherOutputs.held_out = timer.wrap("evaluation: teacher", held_out)
     loop.loss_step = timer.wrap("steps: forward + loss", loop.loss_step)
     loop.evaluate = timer.wrap("evaluation: all", loop.evaluate)
+    fused = getattr(loop, "fused_step", None)  # the fused head loss's step and evaluation, where it is the path
+    if fused is not None:
+        fused.loss_step = timer.wrap("steps: forward + loss", fused.loss_step)
+        fused.evaluate = timer.wrap("evaluation: all", fused.evaluate)
     loop.save_checkpoint = timer.wrap("checkpoint", loop.save_checkpoint)
     loop.summarize = timer.wrap("summary", loop.summarize)
     marks, progress_bar = {}, loop.tqdm
 
     def mark_loop_start(*a, **k):  # distill builds its progress bar right before the first step
-        marks.update(wall=time.perf_counter(), cpu=time.process_time())
+        marks.update(wall=time.perf_counter(), cpu=time.process_time(),  # evaluations before step 1 (reference
+                     eval_wall=timer.seconds["evaluation: all"], eval_cpu=timer.cpu["evaluation: all"])  # points)
         return progress_bar(*a, **k)
 
     loop.tqdm = mark_loop_start
@@ -136,8 +143,10 @@ def profile_once(args) -> dict:
     for s, now, clock in ((timer.seconds, time.perf_counter(), "wall"), (timer.cpu, time.process_time(), "cpu")):
         s["evaluation: student"] = s.pop("evaluation: all") - s["evaluation: teacher"]
         s["report"] -= s["checkpoint upload"]  # the upload runs inside the reporter, as it does in tune.report
-        s["other"] = marks[clock] - starts[clock] - s["open teacher outputs"]  # distill's set-up before step 1
-        s["steps: rest"] = ends[clock] - marks[clock] - sum(s[p] for p in (
+        before = marks[f"eval_{clock}"]  # evaluation time spent before step 1 is evaluation, not set-up
+        s["other"] = marks[clock] - starts[clock] - s["open teacher outputs"] - before  # set-up before step 1
+        s["steps: rest"] = before  # cancels below: the pre-loop evaluation is in the evaluation phases already
+        s["steps: rest"] += ends[clock] - marks[clock] - sum(s[p] for p in (
             "steps: forward + loss", "evaluation: teacher", "evaluation: student", "checkpoint",
             "checkpoint upload", "report", "summary"))
         s["total"] = now - (STARTED if clock == "wall" else 0.0)
