@@ -9,10 +9,25 @@ Public API (everything else is internal):
 """
 
 from ctkd_tune.config import PRESETS, Config, ConfigError, dump_yaml, load_config
-from ctkd_tune.ctkd import (CTKDTemperature, CTKDTemperaturePredictor, GradientReversalFunction,
-                            GradientReversalLayer, LAMBDA_SCHEDULES, get_lambda, get_lambda_exp, lambda_at)
-from ctkd_tune.losses import kd_loss
-from ctkd_tune.distill import RunResult, Setup, distill, prepare
+
+# The rest imports torch: loaded on first use, so `ctkd-tune --help` and the config tools start in well under
+# a second (PEP 562 module __getattr__).
+_LAZY = {
+    "ctkd_tune.ctkd": ("CTKDTemperature", "CTKDTemperaturePredictor", "GradientReversalFunction",
+                       "GradientReversalLayer", "LAMBDA_SCHEDULES", "get_lambda", "get_lambda_exp", "lambda_at"),
+    "ctkd_tune.losses": ("kd_loss",),
+    "ctkd_tune.distill": ("RunResult", "Setup", "distill", "prepare"),
+}
+
+
+def __getattr__(name: str):
+    import importlib
+
+    for module, names in _LAZY.items():
+        if name in names:
+            return getattr(importlib.import_module(module), name)
+    raise AttributeError(f"module 'ctkd_tune' has no attribute {name!r}")
+
 
 __all__ = [
     "Config", "ConfigError", "PRESETS", "load_config", "dump_yaml",

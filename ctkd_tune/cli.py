@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
+from ctkd_tune import __version__
 from ctkd_tune.config import ConfigError, dump_yaml, load_config
 
 
@@ -65,6 +66,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     from ctkd_tune.search import base_config, run_search  # imports Ray: only this command needs it
 
     given = args.config or args.preset or args.overrides  # none: the experiment's own config, or the default
+    if args.dry_run:
+        return _dry_run(args, base_config(args.config, args.preset, args.overrides))
     if args.resume and given:
         raise ConfigError("--resume continues a search with its own config: drop --config/--preset/--set")
     cfg = base_config(args.config, args.preset, args.overrides) if given else None
@@ -72,6 +75,17 @@ def cmd_search(args: argparse.Namespace) -> int:
                         args.gpus_per_trial, args.resume, args.address, args.storage_path, args.results_dir,
                         args.seed, args.dashboard_host, sampler=args.sampler, scheduler=args.scheduler)
     return 130 if result.interrupted else 0
+
+
+def _dry_run(args: argparse.Namespace, cfg) -> int:
+    from ctkd_tune.dryrun import default_concurrency, plan_text, teacher_missing, time_steps
+    from ctkd_tune.search import DEFAULT_NUM_SAMPLES
+
+    missing = teacher_missing(cfg)
+    print(plan_text(cfg, args.space, args.num_samples or DEFAULT_NUM_SAMPLES,
+                    default_concurrency(args.cpus_per_trial, args.max_concurrent),
+                    None if missing else time_steps(cfg), missing))
+    return 0
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -108,9 +122,18 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    """Show a search's trials as the live table does, from its files (study + tables); no Ray, any time."""
+    from ctkd_tune.watch import status_from_files
+
+    print(status_from_files(args.experiment))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ctkd-tune", description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (func, configure) in COMMANDS.items():
         sub = commands.add_parser(name, help=func.__doc__.splitlines()[0], description=func.__doc__)
@@ -142,6 +165,8 @@ def _search_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sampler", choices=["tpe", "random"], default="tpe", help="Optuna sampler (default tpe)")
     p.add_argument("--scheduler", choices=["asha", "none"], default="asha",
                    help="early stopping: asha (default) or none (every trial runs to the end unless it diverges)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the resolved config, the space, the budget and an estimated wall time; start nothing")
     p.add_argument("--dashboard-host", default="127.0.0.1",
                    help="dashboard bind address; 0.0.0.0 exposes it (with token auth) to the network")
 
@@ -173,6 +198,10 @@ def _report_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--experiment", required=True, help="results/NAME folder of `ctkd-tune search`")
 
 
+def _status_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--experiment", required=True, help="results/NAME folder of `ctkd-tune search`")
+
+
 def _teacher_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--name", default="shakespeare", choices=["shakespeare", "tiny"], help="embedded teacher")
     p.add_argument("--force", action="store_true", help="train again even if cached")
@@ -186,14 +215,17 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], Callable[[argpars
     "validate": (cmd_validate, _validate_args),
     "export": (cmd_export, _export_args),
     "report": (cmd_report, _report_args),
+    "status": (cmd_status, _status_args),
 }
+HEAVY_COMMANDS = ("distill", "teacher", "search", "validate", "export", "report")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from transformers.utils import logging as hf_logging
+    if args.command in HEAVY_COMMANDS:  # --help, --version, config and status never import torch/transformers
+        from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()  # weight-loading bars drown the run's own progress
+        hf_logging.disable_progress_bar()  # weight-loading bars drown the run's own progress
     try:
         return args.func(args)
     except (ConfigError, FileNotFoundError, ValueError) as err:

@@ -21,6 +21,7 @@ from typing import Any
 from ctkd_tune import plots
 from ctkd_tune.experiment import VALIDATION_CURVES, Experiment, open_experiment, read_table
 from ctkd_tune.io import atomic_write_text
+from ctkd_tune.results import display_name
 from ctkd_tune.verdict import Target, judge, table_rows
 
 # A report is a list of blocks, rendered twice: ("h1"|"h2"|"p", text), ("ul", [text]), ("table", [row dicts]),
@@ -39,7 +40,7 @@ def build_report(experiment: str | Path) -> Path:
     params = exp.searched_params()
     blocks: list[Block] = [
         ("h1", f"CTKD search report: {exp.name}"),
-        ("p", f"{len(trials)} trials ({counts}). Best completed trial `{best['trial_id']}`: final val/ppl "
+        ("p", f"{len(trials)} trials ({counts}). Best completed trial `{display_name(best)}`: final val/ppl "
               f"{best['final_val_ppl']:.2f}, final temperature {best['final_temperature']:.3f}. "
               f"Searched knobs: {', '.join(f'`{p}`' for p in params) or 'none found'}."),
     ]
@@ -113,7 +114,7 @@ def _top_trials(exp: Experiment, params: list[str], limit: int = 10) -> list[dic
     shown = exp.trials.sort_values("final_val_ppl", na_position="last").head(limit)
     rows = []
     for r in shown.to_dict("records"):
-        row = {"trial": str(r["trial_id"]), "status": r["status"], "final val/ppl": _fmt(r["final_val_ppl"]),
+        row = {"trial": display_name(r), "status": r["status"], "final val/ppl": _fmt(r["final_val_ppl"]),
                "best val/ppl": _fmt(r["best_val_ppl"]), "final τ": _fmt(r.get("final_temperature")),
                "steps": _fmt(r.get("steps"))}
         row.update({p.split(".", 1)[1]: _fmt(r.get(p)) for p in params})

@@ -33,6 +33,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from ctkd_tune.config import Config, ConfigError, from_dict
 from ctkd_tune.io import atomic_write_json
+from ctkd_tune.tune_watch import LiveReporter, named_trainable, ray_trial_dirname, ray_trial_name
 from ctkd_tune.results import (OPTUNA_TRIAL_KEY, build_tables, divergence_reason, summary_table, trial_outcome,
                                write_best_config, write_tables)
 
@@ -185,7 +186,7 @@ def run_search(base_cfg: Config | None, space: str | None = None, name: str = "c
                     "cpus_per_trial": cpus_per_trial, "gpus_per_trial": gpus_per_trial, "sampler": sampler,
                     "scheduler": scheduler}
     os.environ["RAY_CHDIR_TO_TRIAL_DIR"] = "0"
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the classic table, with our parameter columns
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the classic output engine: it prints our LiveReporter
     # num_to_keep forces an experiment snapshot every 2 checkpoints (so a resume never points at a deleted one);
     # that is intended here, not a bottleneck worth a warning per snapshot
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
@@ -204,8 +205,7 @@ def run_search(base_cfg: Config | None, space: str | None = None, name: str = "c
             atomic_write_json(state_file, {"name": name, "base": base_cfg.to_dict(), "space": space or None,
                                            "settings": settings, "runs": runs})
         run = runs[-1]
-        trainable = tune.with_resources(tune.with_parameters(_trainable(), base=base_cfg.to_dict()),
-                                        {"cpu": settings["cpus_per_trial"], "gpu": settings["gpus_per_trial"]})
+        trainable = _named_trainable(base_cfg, settings, name, directory)
         experiment = f"{run['storage_path'].rstrip('/')}/{run['name']}"
         if resume:
             if not tune.Tuner.can_restore(experiment):
@@ -272,15 +272,13 @@ def _tune_config(settings, storage, name, space_fn, run, run_index, limit) -> tu
     else:
         scheduler = FIFOScheduler()
     return tune.TuneConfig(search_alg=ConcurrencyLimiter(searcher, max_concurrent=limit), scheduler=scheduler,
-                           num_samples=run["num_samples"], reuse_actors=False, trial_name_creator=_trial_name,
-                           trial_dirname_creator=_trial_name)
+                           num_samples=run["num_samples"], reuse_actors=False, trial_name_creator=ray_trial_name,
+                           trial_dirname_creator=ray_trial_dirname)
 
 
 def _run_config(settings, run, verbose) -> tune.RunConfig:
-    params = {p: p.split(".", 1)[1] for p in settings["params"]}
-    # no metric=/mode= here: the reporter's "best trial" line fails on conditional params absent from a config
-    reporter = tune.CLIReporter(parameter_columns=params, max_report_frequency=15,
-                                metric_columns={"val/ppl": "val/ppl", "ctkd/temperature": "T", "step": "step"})
+    reporter = LiveReporter(settings["max_t"], settings["ppl_threshold"], settings["runaway_patience"],
+                            title=run["name"])
     return tune.RunConfig(name=run["name"], storage_path=run["storage_path"], verbose=verbose,
                           stop=DivergenceStopper(settings["ppl_threshold"], settings["runaway_patience"]),
                           failure_config=tune.FailureConfig(max_failures=2),
@@ -313,15 +311,19 @@ def _trainable():
     return train_ctkd
 
 
+def _named_trainable(base_cfg: Config, settings: dict, name: str, directory: Path):
+    """The trainable as actor class CTKDTrial named after the trial; it feeds the gauges and TensorBoard."""
+    watch = {"experiment": name, "tensorboard": str(directory / "tensorboard")}
+    function = tune.with_resources(tune.with_parameters(_trainable(), base=base_cfg.to_dict(), watch=watch),
+                                   {"cpu": settings["cpus_per_trial"], "gpu": settings["gpus_per_trial"]})
+    return named_trainable(function)
+
+
 def _storage(storage_path: str | None, directory: Path) -> str:
     """Ray's storage: a URI as given, a local path made absolute, or results/NAME/ray by default."""
     if not storage_path:
         return str(directory / "ray")
     return storage_path if "://" in storage_path else str(Path(storage_path).resolve())
-
-
-def _trial_name(trial) -> str:
-    return trial.trial_id
 
 
 def _finite(value: Any) -> bool:

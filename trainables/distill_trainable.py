@@ -34,8 +34,11 @@ REPORTED = ("val/ppl", "val/kl", "val/top1_agreement", "val/loss", "train/loss",
             "train/lr", "ctkd/temperature", "ctkd/temperature_min", "ctkd/temperature_max", "ctkd/lambda")
 
 
-def train_ctkd(params: dict[str, Any], base: dict[str, Any]) -> None:
-    """Ray Tune function trainable: distill with `base` ← `params`, reporting at every evaluation."""
+def train_ctkd(params: dict[str, Any], base: dict[str, Any], watch: dict[str, str] | None = None) -> None:
+    """Ray Tune function trainable: distill with `base` ← `params`, reporting at every evaluation.
+
+    `watch` ({"experiment": NAME, "tensorboard": DIR}): every step also sets the trial's Ray metrics gauges and
+    writes TensorBoard scalars to DIR/<trial name>/ (see ctkd_tune.tune_watch, ctkd_tune.tboard)."""
     import ray
     from transformers.utils import logging as hf_logging
 
@@ -49,7 +52,7 @@ def train_ctkd(params: dict[str, Any], base: dict[str, Any]) -> None:
     torch.set_num_threads(cfg.train.threads or max(1, int(cpus)))
 
     work = Path(tempfile.mkdtemp(prefix="ctkd-trial-"))
-    setup = run = None
+    setup = run = board = gauges = None
     started, before = time.perf_counter(), 0.0  # wall time of this attempt, and of earlier ones (from the checkpoint)
     try:
         resume = None
@@ -66,7 +69,13 @@ def train_ctkd(params: dict[str, Any], base: dict[str, Any]) -> None:
                     runaway.update(row)
             del state
 
+        if watch:
+            board, gauges = _watchers(watch, params)
+
         def report(metrics: dict[str, Any], saved: Path | None) -> None:
+            if gauges is not None:
+                gauges.set(metrics)
+                board.log(metrics)
             if "val/ppl" not in metrics:
                 return
             row = {key: metrics[key] for key in REPORTED if key in metrics}
@@ -86,11 +95,24 @@ def train_ctkd(params: dict[str, Any], base: dict[str, Any]) -> None:
                          "status": "diverged", "stop_reason": summary["status"],
                          "wall_time_s": before + time.perf_counter() - started, "reported_at": time.time(), **params})
     finally:
+        if board is not None:
+            board.close()
         del setup, run
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _watchers(watch: dict[str, str], params: dict[str, Any]):
+    """This trial's TensorBoard run (DIR/<trial name in ASCII>) and Ray metrics gauges."""
+    from ctkd_tune.names import path_name
+    from ctkd_tune.tboard import Board
+    from ctkd_tune.tune_watch import TrialGauges
+
+    name = tune.get_context().get_trial_name()
+    board = Board(Path(watch["tensorboard"]) / path_name(name), hparams=params)
+    return board, TrialGauges(watch["experiment"], name)
 
 
 class _RunawayCounter:
