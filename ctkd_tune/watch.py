@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 WIDTH = 100
-NAME_WIDTH = 30
+NAME_WIDTH = 40
 FAILED = ("diverged", "error")
 FINISHED = ("completed", "pruned", *FAILED)
 
