@@ -37,9 +37,14 @@ def cmd_distill(args: argparse.Namespace) -> int:
     else:
         cfg = load_config(args.config, args.preset, args.overrides)
     summary = run_distill(cfg, output, resume=args.resume)
-    print(f"{summary['status']}: val/ppl {summary['final_val_ppl']}, T {summary['final_temperature']}, "
+    print(f"{summary['status']}: val/ppl {_round(summary['final_val_ppl'], 2)}, "
+          f"τ {_round(summary['final_temperature'], 3)}, "
           f"checks {'passed' if summary['checks']['all_passed']['passed'] else 'FAILED'} → {output}")
     return 0 if summary["status"] == "completed" else 1
+
+
+def _round(value, digits: int):
+    return round(value, digits) if isinstance(value, float) else value
 
 
 def cmd_teacher(args: argparse.Namespace) -> int:

@@ -1,7 +1,8 @@
 """Atomic file writes: a crash mid-write never leaves a half-written result behind.
 
 Every writer goes to a temporary file in the destination folder and then `os.replace`s it into place, which is
-atomic on POSIX file systems.
+atomic on POSIX file systems. The file gets the permissions a plain `open(path, "w")` would give (0666 less the
+umask): a temporary file is private (0600), which left report.html unreadable to others next to its PNGs.
 """
 
 from __future__ import annotations
@@ -20,11 +21,18 @@ def _atomic(path: str | Path, write: Callable[[str], None]) -> Path:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)  # the only way to read it is to set it: put it back at once
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:

@@ -22,6 +22,9 @@ from ctkd_tune import plots
 from ctkd_tune.experiment import VALIDATION_CURVES, Experiment, open_experiment, read_table
 from ctkd_tune.io import atomic_write_text
 from ctkd_tune.results import display_name
+
+MIN_IMPORTANCE_TRIALS = 5
+"""Fewer COMPLETE trials than this: the importance plot is not drawn (the report says why)."""
 from ctkd_tune.verdict import Target, judge, table_rows
 
 # A report is a list of blocks, rendered twice: ("h1"|"h2"|"p", text), ("ul", [text]), ("table", [row dicts]),
@@ -94,12 +97,17 @@ def _importance_block(exp: Experiment, path: Path) -> Block:
             return ("note", f"optuna.db holds studies {names}, none named {exp.name!r}: no importance.")
         study = optuna.load_study(study_name=name, storage=url)
         complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-        if len(complete) < 2:
-            return ("note", f"Hyperparameter importance skipped: {len(complete)} COMPLETE trial(s) in the study, "
-                            "at least 2 are needed (pruned and failed trials are not used).")
+        if len(complete) < MIN_IMPORTANCE_TRIALS:
+            return ("note", f"Hyperparameter importance not drawn: {len(complete)} COMPLETE trial(s) in the study; "
+                            f"with fewer than {MIN_IMPORTANCE_TRIALS} a ranking is noise (pruned and failed trials "
+                            "are not used).")
+        varied = sorted({p for t in complete for p in t.params
+                         if len({repr(u.params.get(p)) for u in complete}) > 1})  # a constant knob is never ranked
+        if not varied:
+            return ("note", "Hyperparameter importance not drawn: no parameter varies across the COMPLETE trials.")
         with warnings.catch_warnings(record=True) as caught:  # PED-ANOVA warns when a regime has < 2 trials
             warnings.simplefilter("always")
-            values = optuna.importance.get_param_importances(study)  # COMPLETE trials only
+            values = optuna.importance.get_param_importances(study, params=varied)  # COMPLETE trials only
     except Exception as err:  # a study too small or too uniform for the evaluator: say so, keep the report
         return ("note", f"Hyperparameter importance skipped: {type(err).__name__}: {str(err).splitlines()[0]}")
     if not values:
