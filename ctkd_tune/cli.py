@@ -67,6 +67,11 @@ def cmd_search(args: argparse.Namespace) -> int:
     """Search the CTKD knobs: Ray Tune trials of full distillations, Optuna TPE, ASHA; results in results/NAME/."""
     from ctkd_tune.raycluster import client_auth_from_env
 
+    if args.submit:  # the same command as a Ray Job on a running cluster; returns at once
+        from ctkd_tune.submit import submit
+
+        submit(args.argv, args.name, args.results_dir, args.address)
+        return 0
     client_auth_from_env(args.address)  # before Ray is imported: a ray:// client must know to send its token
     from ctkd_tune.search import base_config, run_search  # imports Ray: only this command needs it
 
@@ -170,6 +175,8 @@ def _search_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sampler", choices=["tpe", "random"], default="tpe", help="Optuna sampler (default tpe)")
     p.add_argument("--scheduler", choices=["asha", "none"], default="asha",
                    help="early stopping: asha (default) or none (every trial runs to the end unless it diverges)")
+    p.add_argument("--submit", action="store_true",
+                   help="run the search as a Ray Job on the cluster at --address (http://HOST:8265) and return")
     p.add_argument("--dry-run", action="store_true",
                    help="print the resolved config, the space, the budget and an estimated wall time; start nothing")
     p.add_argument("--dashboard-host", default="127.0.0.1",
@@ -227,6 +234,7 @@ HEAVY_COMMANDS = ("distill", "teacher", "search", "validate", "export", "report"
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # `search --submit` sends the command line on
     if args.command in HEAVY_COMMANDS:  # --help, --version, config and status never import torch/transformers
         from transformers.utils import logging as hf_logging
 

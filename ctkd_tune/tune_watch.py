@@ -89,7 +89,7 @@ class LiveReporter(ProgressReporter):
         self.max_t, self.ppl_threshold, self.runaway_patience = max_t, ppl_threshold, runaway_patience
         self.period_s, self.title, self.stream = period_s, title, stream
         self.start_time, self.total_samples = time.time(), None
-        self._last_sig, self._last_time, self._seen = None, None, {}
+        self._last_sig, self._last_time, self._seen, self._printed = None, None, {}, None
         self._rate_since, self._rate_steps = None, {}
 
     def setup(self, start_time=None, total_samples=None, metric=None, mode=None, **kwargs) -> None:
@@ -101,12 +101,15 @@ class LiveReporter(ProgressReporter):
         seen = {r.name: (r.state, r.step) for r in rows}
         changed, self._seen = seen != self._seen, seen
         since = None if self._last_time is None else time.time() - self._last_time
-        return done or should_print(self._last_sig, rows, since, self.period_s, changed)
+        if done:  # the final table, unless the last one printed already showed exactly this
+            return seen != self._printed
+        return should_print(self._last_sig, rows, since, self.period_s, changed)
 
     def report(self, trials, done: bool, *sys_info: str) -> None:
         rows = self._rows(trials)
         now = time.time()
         self._last_sig, self._last_time = signature(rows), now
+        self._printed = {r.name: (r.state, r.step) for r in rows}
         text = render(rows, elapsed_s=now - self.start_time, step_rate=self._step_rate(rows, now),
                       num_samples=self.total_samples, max_t=self.max_t, title=self.title)
         print(text + "\n", file=self.stream or sys.stdout, flush=True)

@@ -222,3 +222,30 @@ def test_help_and_version_import_nothing_heavy():
     assert version.stdout.strip() == "ctkd-tune 0.1.0"
     assert "--dry-run" in subprocess.run([sys.executable, "-m", "ctkd_tune.cli", "search", "--help"],
                                          capture_output=True, text=True, env=env, cwd=ROOT).stdout
+
+
+def test_grafana_dashboard_plots_every_gauge_per_trial():
+    from ctkd_tune.grafana import DASHBOARD
+    from ctkd_tune.tune_watch import GAUGES
+
+    dashboard = json.loads(DASHBOARD.read_text())
+    exprs = [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+    assert sorted(e.split("(ray_")[1].split("{")[0] for e in exprs) == sorted(name for name, _ in GAUGES.values())
+    assert all("by (trial)" in e and 'experiment=~"$experiment"' in e for e in exprs)
+    assert {v["name"] for v in dashboard["templating"]["list"]} == {"datasource", "experiment", "trial"}
+
+
+def test_submit_entrypoint_is_the_same_search_on_the_cluster(tmp_path, monkeypatch):
+    from ctkd_tune.submit import auth_headers, entrypoint
+
+    argv = ["search", "--preset", "tiny", "--name", "smoke", "--submit", "--address", "http://127.0.0.1:8265",
+            "--results-dir", "res", "--set", "train.steps=12"]
+    monkeypatch.chdir(tmp_path)
+    assert entrypoint(argv, "res") == ("python -m ctkd_tune.cli search --preset tiny --name smoke --set "
+                                       f"train.steps=12 --address auto --results-dir {tmp_path / 'res'}")
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "abc")
+    assert auth_headers() == {"Authorization": "Bearer abc"}
+    monkeypatch.delenv("RAY_AUTH_TOKEN")
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(tmp_path / "none"))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert auth_headers() == {}
