@@ -27,7 +27,8 @@ DEADLINE_S = 240  # generous: the machine may be busy; every wait below ends as 
 @pytest.fixture(scope="module")
 def cluster():
     os.environ["RAY_CHDIR_TO_TRIAL_DIR"] = "0"
-    context = ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", logging_level="ERROR",
+    context = ray.init(address="local", num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1",
+                       logging_level="ERROR",
                        log_to_driver=False)
     yield context
     ray.shutdown()
@@ -111,6 +112,15 @@ def test_a_tiny_search_uses_the_names_everywhere(cluster, tmp_path, capsys):
     assert set(names) <= ray_dirs
     assert "w-run1: 2/2 done" in out and all(n in out for n in names) and str(tmp_path) not in out.split(
         "results:")[0]
+    # every trial's gauges reached the node's metrics endpoint, tagged with the experiment and the trial's name
+    port = next(node["MetricsExportPort"] for node in ray.nodes() if node["Alive"])
+    deadline, missing = time.monotonic() + DEADLINE_S, set(names)
+    while missing and time.monotonic() < deadline:
+        text = _scrape(port)
+        missing = {n for n in missing if not any(line.startswith("ray_ctkd_val_ppl{") and 'experiment="w"' in line
+                                                 for line in _gauge_lines(text, n))}
+        time.sleep(1)
+    assert not missing, f"no val/ppl gauge for {missing}"
     for name in names:
         acc = event_accumulator.EventAccumulator(str(result.directory / "tensorboard" / name))
         acc.Reload()
