@@ -145,8 +145,8 @@ class CTKDTemperaturePredictor(nn.Module):
     MLP = Linear(input_dim, hidden_dim) → ReLU → Linear(hidden_dim, 1). The features are detached here, so the
     reversed gradient reaches only the MLP, never the student. The last layer starts at weight 0 and
     bias logit((init − tau_min)/(tau_max − tau_min)): every token starts at τ = init, like ``CTKDTemperature``.
-    ``token_features`` builds f with input_dim = 4; the
-    features are raw (entropies in nats, logits), so keep their scale in mind when choosing the lr.
+    ``token_features`` builds f with input_dim = 4; the features are raw (entropies in nats, logits), so keep
+    their scale in mind when choosing the lr.
     """
 
     def __init__(self, input_dim: int, tau_min: float = 1.0, tau_max: float = 5.0, hidden_dim: int = 64,
