@@ -26,6 +26,7 @@ from pathlib import Path
 from ctkd_tune.config import ConfigError
 
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
+AGENT_WAIT_S = 120.0  # how long to wait for the job agent of a head node that is still starting
 # flags of `search` that take a value, so that "--address X" is removed as a pair
 _ADDRESS_FLAGS = ("--address",)
 
@@ -74,9 +75,19 @@ def submit(argv: list[str], name: str, results_dir: str, address: str | None = N
                           f"{lines[0][:200] if lines else 'no detail'}); is the token in RAY_AUTH_TOKEN or "
                           "~/.ray/auth_token?") from None
     directory = Path(results_dir).resolve() / name
-    job_id = client.submit_job(entrypoint=entrypoint(argv, results_dir),
-                               submission_id=f"ctkd-tune-{name}-{time.strftime('%Y%m%d-%H%M%S')}",
-                               metadata={"experiment": name, "results": str(directory)})
+    job = dict(entrypoint=entrypoint(argv, results_dir), metadata={"experiment": name, "results": str(directory)},
+               submission_id=f"ctkd-tune-{name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    deadline = time.monotonic() + AGENT_WAIT_S
+    while True:
+        try:
+            job_id = client.submit_job(**job)
+            break
+        except RuntimeError as err:  # a head node started moments ago has no job agent yet: wait for it
+            if "No available agent" in str(err) and time.monotonic() < deadline:
+                time.sleep(2)
+                continue
+            raise ConfigError(f"--submit: the Jobs API at {address} refused the job: "
+                              f"{str(err).splitlines()[0][:200]}") from None
     print(f"submitted job {job_id} (experiment {name!r}, results in {directory} on the head node)")
     print(f"dashboard: {address}/#/jobs/{job_id}   (the page asks for the token: `ray get-auth-token`)")
     print(f"follow:    ray job logs --follow {job_id} --address {address}")

@@ -38,16 +38,44 @@ def head(tmp_path_factory):
     temp = Path(f"/tmp/ctkd-{os.getpid()}")  # short: Ray's unix sockets live under it
     port, dashboard = _free_port(), _free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_CHDIR_TO_TRIAL_DIR": "0"}
-    subprocess.run(["ray", "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
-                    "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard), "--num-cpus", "2",
-                    "--temp-dir", str(temp), "--include-dashboard", "true", "--disable-usage-stats"],
-                   env=env, check=True, capture_output=True, timeout=DEADLINE_S)
+    started = subprocess.run(["ray", "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
+                              "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard), "--num-cpus", "2",
+                              "--temp-dir", str(temp), "--include-dashboard", "true", "--disable-usage-stats"],
+                             env=env, capture_output=True, text=True, timeout=DEADLINE_S)
+    if started.returncode != 0:
+        _stop_head(temp)
+        pytest.fail(f"ray start failed: {started.stderr[-2000:]}")
     try:
         yield f"http://127.0.0.1:{dashboard}", env
     finally:
-        subprocess.run(["ray", "stop", "--force"], env={**env, "RAY_ADDRESS": f"127.0.0.1:{port}"},
-                       capture_output=True, timeout=300)
+        _stop_head(temp)
         shutil.rmtree(temp, ignore_errors=True)
+
+
+def _stop_head(temp: Path) -> None:
+    """End this head node's processes (and their children: the job drivers), found by its private temp dir.
+    Not `ray stop`: that ends every Ray process of the user on the machine, other people's clusters included."""
+    import psutil
+
+    ours = [p for p in psutil.process_iter(["cmdline"]) if any(str(temp) in a for a in (p.info["cmdline"] or ()))]
+    tree = {}
+    for proc in ours:
+        try:
+            for p in (proc, *proc.children(recursive=True)):
+                tree[p.pid] = p
+        except psutil.NoSuchProcess:
+            pass
+    for proc in tree.values():
+        try:
+            proc.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(list(tree.values()), timeout=30)
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
 
 
 def _submit(address: str, env: dict, args: list[str]) -> str:
