@@ -49,8 +49,8 @@ def plan_text(cfg: Config, space: str | None, num_samples: int, concurrent: int,
         trial_s = cfg.train.steps * estimate.step_s + evals * estimate.eval_s
         total_s = math.ceil(num_samples / concurrent) * trial_s
         lines.append(f"estimate: {estimate.step_s:.2f} s/step, {estimate.eval_s:.2f} s/evaluation → "
-                     f"{duration(trial_s)} per trial, ≤ {duration(total_s)} for the search "
-                     "(early stopping shortens it)")
+                     f"{duration(trial_s)} per trial, ≤ {duration(total_s)} for the search")
+        lines.append("  (an upper bound: early stopping shortens it; measured on this machine as loaded now)")
     lines.append("nothing was started; run the same command without --dry-run")
     return "\n".join(lines)
 

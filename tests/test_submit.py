@@ -37,10 +37,15 @@ def head(tmp_path_factory):
         pytest.skip("no `ray` command")
     temp = Path(f"/tmp/ctkd-{os.getpid()}")  # short: Ray's unix sockets live under it
     port, dashboard = _free_port(), _free_port()
+    # every port of our own: the defaults (dashboard agent 52365, metrics, ...) may be held by another Ray here
+    ports = [f"--{flag}={_free_port()}" for flag in ("dashboard-agent-listen-port", "dashboard-agent-grpc-port",
+                                                       "metrics-export-port", "runtime-env-agent-port",
+                                                       "ray-client-server-port", "node-manager-port",
+                                                       "object-manager-port")]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_CHDIR_TO_TRIAL_DIR": "0"}
     started = subprocess.run(["ray", "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
                               "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard), "--num-cpus", "2",
-                              "--temp-dir", str(temp), "--include-dashboard", "true", "--disable-usage-stats"],
+                              "--temp-dir", str(temp), "--include-dashboard", "true", "--disable-usage-stats", *ports],
                              env=env, capture_output=True, text=True, timeout=DEADLINE_S)
     if started.returncode != 0:
         _stop_head(temp)
@@ -57,7 +62,9 @@ def _stop_head(temp: Path) -> None:
     Not `ray stop`: that ends every Ray process of the user on the machine, other people's clusters included."""
     import psutil
 
-    ours = [p for p in psutil.process_iter(["cmdline"]) if any(str(temp) in a for a in (p.info["cmdline"] or ()))]
+    me = {os.getpid(), *(p.pid for p in psutil.Process().parents())}
+    ours = [p for p in psutil.process_iter(["cmdline"])
+            if p.pid not in me and any(str(temp) in a for a in (p.info["cmdline"] or ()))]
     tree = {}
     for proc in ours:
         try:

@@ -295,10 +295,10 @@ def test_an_arm_identical_to_another_runs_once(tmp_path, ray_cluster, capsys):
     assert "validating 5 runs (5 arms × 1 seeds, 0 done before, 1 identical to another arm's run)" in \
         capsys.readouterr().out
     runs = pd.read_parquet(exp / "validation.parquet").set_index("arm")
-    assert runs.loc["fallback_C", "same_run_as"] == "t00-cosine-lam0.8" and runs["same_run_as"].notna().sum() == 1
+    assert runs.loc["fallback_C", "same_run_as"] == "t00-cosine-tau1.0-5.0-lam0.5" and runs["same_run_as"].notna().sum() == 1
     metrics = ["final_val_ppl", "best_val_ppl", "wall_time_s", "tau_mid", "status"]  # wall time: not run twice
-    assert runs.loc["fallback_C", metrics].tolist() == runs.loc["t00-cosine-lam0.8", metrics].tolist()
-    assert runs.loc["fallback_C", "kind"] == "fallback" and runs.loc["t00-cosine-lam0.8", "kind"] == "search"
+    assert runs.loc["fallback_C", metrics].tolist() == runs.loc["t00-cosine-tau1.0-5.0-lam0.5", metrics].tolist()
+    assert runs.loc["fallback_C", "kind"] == "fallback" and runs.loc["t00-cosine-tau1.0-5.0-lam0.5", "kind"] == "search"
     assert (exp / "validation" / "students" / "fallback_C" / "config.json").is_file()
     curves = pd.read_parquet(exp / "validation_curves.parquet")
     assert len(curves[curves["arm"] == "fallback_C"]) == STEPS
@@ -309,7 +309,7 @@ def test_an_arm_identical_to_another_runs_once(tmp_path, ray_cluster, capsys):
     assert main(["validate", "--experiment", str(exp), "--resume"]) in (0, 1)
     assert "validating 1 runs (5 arms × 1 seeds, 4 done before, 1 identical" in capsys.readouterr().out
     again = pd.read_parquet(exp / "validation.parquet").set_index("arm")
-    assert again.loc["fallback_C", "wall_time_s"] == runs.loc["t00-cosine-lam0.8", "wall_time_s"]
+    assert again.loc["fallback_C", "wall_time_s"] == runs.loc["t00-cosine-tau1.0-5.0-lam0.5", "wall_time_s"]
 
 
 def test_validate_joins_the_cluster_given_by_address_before_writing(tmp_path, monkeypatch):

@@ -249,3 +249,17 @@ def test_submit_entrypoint_is_the_same_search_on_the_cluster(tmp_path, monkeypat
     monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(tmp_path / "none"))
     monkeypatch.setenv("HOME", str(tmp_path))
     assert auth_headers() == {}
+
+
+def test_dry_run_plan_shows_config_space_budget_and_estimate():
+    from ctkd_tune.config import load_config
+    from ctkd_tune.dryrun import Estimate, plan_text
+
+    cfg = load_config(preset="tiny", overrides=["train.steps=60", "train.eval_every=20"])
+    text = plan_text(cfg, None, num_samples=4, concurrent=2, estimate=Estimate(step_s=2.0, eval_s=1.0))
+    assert "steps: 60" in text and "temperature.tau_max" in text  # the resolved config and the space
+    assert "budget: 4 trials × 60 steps, 4 evaluations each, 2 at once" in text  # evals at 6, 20, 40, 60
+    # per trial 60 × 2 s + 4 × 1 s = 124 s; two waves of two trials: 248 s
+    assert "→ 2m04s per trial, ≤ 4m08s for the search" in text
+    assert "estimate: none (no teacher)" in plan_text(cfg, None, 4, 2, None, "no teacher")
+    assert all(len(line) <= 100 for line in text.splitlines() if not line.startswith(("#", " ")))
