@@ -229,13 +229,13 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], Callable[[argpars
     "report": (cmd_report, _report_args),
     "status": (cmd_status, _status_args),
 }
-HEAVY_COMMANDS = ("distill", "teacher", "search", "validate", "export", "report")
+LIGHT_COMMANDS = ("config", "status")  # never import torch/transformers (nor, with --help/--version, does any)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # `search --submit` sends the command line on
-    if args.command in HEAVY_COMMANDS:  # --help, --version, config and status never import torch/transformers
+    if args.command not in LIGHT_COMMANDS:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # weight-loading bars drown the run's own progress
