@@ -8,6 +8,9 @@ At 10%, 33% and 100% of the run:
     than at 10%.
 Temperature runaway: over the last 10% of the run the temperature stays within `runaway_tolerance` of the range
 from one of its bounds — what plain minimisation does, and what CTKD must not do.
+Temperature drift: the temperature moved more than `drift_share` of its (log) range towards a bound and was still
+moving that way over the last quarter of the run — a runaway on its way, before it reaches the bound
+(`temperature_drift`).
 """
 
 from __future__ import annotations
@@ -18,6 +21,9 @@ from typing import Any
 from ctkd_tune.config import Config
 
 CHECK_FRACTIONS = {"10%": 0.10, "33%": 0.33, "100%": 1.0}
+LATE_PACE = 0.2
+"""Drift: over the last quarter of the run the temperature still moves on at ≥ this fraction of its average pace
+(a bounded temperature slows down as it nears its bound, so "still moving" cannot ask for full pace)."""
 
 
 def check_steps(total_steps: int) -> dict[str, int]:
@@ -36,6 +42,41 @@ def temperature_runaway(history: list[dict[str, Any]], cfg: Config) -> bool:
         return False
     margin = cfg.checks.runaway_tolerance * (t.tau_max - t.tau_min)
     return all(v >= t.tau_max - margin for v in tail) or all(v <= t.tau_min + margin for v in tail)
+
+
+def drift_shares(history: list[dict[str, Any]], cfg: Config) -> tuple[float, float] | None:
+    """(moved, late): how far the (mean) temperature moved over the whole run and over its last quarter, in log τ,
+    signed (+ towards tau_max), as shares of the range log(tau_max / tau_min). None without a learned temperature.
+
+    The start is tau_init (where every learned temperature starts, at step 0), the end the last logged row; the
+    last quarter starts at the last row at or before 3/4 of the last step. A run stopped early is judged on the part
+    it ran, and a table with only the evaluations (trials.parquet) gives the same answer as the per-step history.
+    """
+    t = cfg.temperature
+    rows = sorted((row["step"], row["ctkd/temperature"]) for row in history if "ctkd/temperature" in row)
+    if not t.learned or not rows:
+        return None
+    rows = [(0, t.tau_init), *rows]
+    log_range = math.log(t.tau_max / t.tau_min)
+    quarter = max(r for r in rows if r[0] <= 0.75 * rows[-1][0])
+    end = math.log(rows[-1][1])
+    return (end - math.log(t.tau_init)) / log_range, (end - math.log(quarter[1])) / log_range
+
+
+def temperature_drift(history: list[dict[str, Any]], cfg: Config) -> bool:
+    """True if a learned temperature drifted towards a bound and kept going (shares from `drift_shares`):
+        moved  |moved| > checks.drift_share                      (it crossed that share of its range)
+        going  late · sign(moved) ≥ LATE_PACE / 4 · |moved|       (the last quarter moved on the same way, at
+                                                                   least a fifth as fast as the run's average)
+    On log τ, because τ scales the logits: 1 → 2 changes the targets as much as 2 → 4. A steady climb puts 1/4 of
+    its move in the last quarter and trips; a τ that rose and then settled (its last quarter flat) does not; a τ
+    parked at a bound (moving < 1/20 of its move over the last quarter) is a runaway (`temperature_runaway`).
+    """
+    shares = drift_shares(history, cfg)
+    if shares is None:
+        return False
+    moved, late = shares
+    return abs(moved) > cfg.checks.drift_share and late * math.copysign(1.0, moved) >= LATE_PACE / 4 * abs(moved)
 
 
 def sanity_checks(history: list[dict[str, Any]], cfg: Config) -> dict[str, dict[str, Any]]:
@@ -72,5 +113,10 @@ def sanity_checks(history: list[dict[str, Any]], cfg: Config) -> dict[str, dict[
                                       "note": "run did not reach the end"}
     runaway = temperature_runaway(history, cfg)
     results["no_temperature_runaway"] = {"passed": not runaway, "value": runaway, "limit": False}
+    shares = drift_shares(history, cfg)
+    results["no_temperature_drift"] = {"passed": not temperature_drift(history, cfg),
+                                       "value": None if shares is None else
+                                       {"moved": round(shares[0], 4), "last_quarter": round(shares[1], 4)},
+                                       "limit": cfg.checks.drift_share}
     results["all_passed"] = {"passed": all(r["passed"] for r in results.values())}
     return results

@@ -112,7 +112,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     result = run_validation(args.experiment, top_k=args.top_k, seeds=args.seeds, steps=args.steps,
                             rank_by=args.rank_by, ppl_target=args.ppl_target, target_vs=args.target_vs,
                             resume=args.resume, cpus_per_run=args.cpus_per_run, gpus_per_run=args.gpus_per_run,
-                            address=args.address)
+                            address=args.address, resolve=args.resolve)
     return 0 if result.verdict.recommended else 1
 
 
@@ -186,13 +186,16 @@ def _search_args(p: argparse.ArgumentParser) -> None:
 def _validate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--experiment", required=True, help="results/NAME folder of `ctkd-tune search`")
     p.add_argument("--top-k", type=int, help="completed trials to re-run (default 3)")
-    p.add_argument("--seeds", type=int, help="seeds per arm, the same for every arm (default 3)")
+    p.add_argument("--seeds", type=int, metavar="K",
+                   help="seeds per arm, the same for every arm (default 3); with --resume: extend to K seeds")
     p.add_argument("--steps", type=int, help="steps per run (default: the search's full budget, train.steps)")
     p.add_argument("--rank-by", choices=["final", "best"], help="rank trials by final or best val/ppl (default final)")
     target = p.add_mutually_exclusive_group()
     target.add_argument("--ppl-target", type=float, help="pass if mean final val/ppl <= X (default checks.ppl_target)")
     target.add_argument("--target-vs", choices=["fixed"], help="pass if mean final val/ppl <= fallback A's (fixed T)")
     p.add_argument("--resume", action="store_true", help="run only the (arm, seed) runs missing from the validation")
+    p.add_argument("--resolve", metavar="D", help="difference the verdict sizes the seeds needed for: a share of "
+                   "fallback A's mean val/ppl (2%%) or a val/ppl value (5); default 2%%")
     p.add_argument("--cpus-per-run", type=float, default=1.0, help="CPUs per run (runs go in parallel on Ray)")
     p.add_argument("--gpus-per-run", type=float, default=0.0, help="GPUs per run (fractions allowed)")
     p.add_argument("--address", help="existing Ray cluster: auto or ray://HOST:PORT (default: RAY_ADDRESS, else a "

@@ -204,6 +204,8 @@ class ChecksConfig:
     """val/ppl ceiling at 33% of the run."""
     runaway_tolerance: float = 0.01
     """Temperature within this fraction of the range from a bound over the last 10% of the run is a runaway."""
+    drift_share: float = 0.5
+    """A learned temperature that moved more than this share of its (log) range and kept going is a drift."""
 
 
 @dataclass
@@ -305,6 +307,8 @@ def validate(cfg: Config) -> None:
     c = cfg.checks
     if not (c.ppl_target > 0 and c.ppl_at_10 > 0 and c.ppl_at_33 > 0 and 0 <= c.runaway_tolerance < 0.5):
         raise ConfigError("checks.* must be positive (runaway_tolerance in [0, 0.5))")
+    if not 0 < c.drift_share <= 1:
+        raise ConfigError(f"checks.drift_share must be in (0, 1], got {c.drift_share}")
 
 
 def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:

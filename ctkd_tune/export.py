@@ -35,7 +35,7 @@ import yaml
 from ctkd_tune.config import Config, ConfigError
 from ctkd_tune.experiment import TRIALS, Experiment, open_experiment, read_rows
 from ctkd_tune.io import atomic_write_text
-from ctkd_tune.verdict import Target, judge
+from ctkd_tune.verdict import Target, judge_plan
 
 PACKAGES = ("torch", "transformers", "ray", "optuna", "ctkd-tune")
 
@@ -53,7 +53,7 @@ def recommend(exp: Experiment) -> Recommendation:
 
     plan, warning = exp.plan(), None
     if exp.validation is not None and len(exp.validation) and plan is not None:
-        verdict = judge(exp.validation, Target(**plan["target"]), seeds=plan["seeds"])
+        verdict = judge_plan(exp.validation, plan)
         if verdict.recommended is not None:
             arm = next(a for a in plan["arms"] if a["arm"] == verdict.recommended)
             stats = verdict.arms.set_index("arm").loc[arm["arm"]]

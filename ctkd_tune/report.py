@@ -22,10 +22,10 @@ from ctkd_tune import plots
 from ctkd_tune.experiment import VALIDATION_CURVES, Experiment, open_experiment, read_table
 from ctkd_tune.io import atomic_write_text
 from ctkd_tune.results import display_name
+from ctkd_tune.verdict import judge_plan, table_rows
 
 MIN_IMPORTANCE_TRIALS = 5
 """Fewer COMPLETE trials than this: the importance plot is not drawn (the report says why)."""
-from ctkd_tune.verdict import Target, judge, table_rows
 
 # A report is a list of blocks, rendered twice: ("h1"|"h2"|"p", text), ("ul", [text]), ("table", [row dicts]),
 # ("img", path, caption), ("note", text).
@@ -73,7 +73,7 @@ def _validation_blocks(exp: Experiment, out: Path) -> list[Block]:
         return [("h2", "Validation"), ("note", f"No validation yet: run `ctkd-tune validate --experiment "
                                                f"{exp.directory}` to re-run the best trials with several seeds "
                                                "next to the fallbacks.")]
-    verdict = judge(exp.validation, Target(**plan["target"]), seeds=plan["seeds"])
+    verdict = judge_plan(exp.validation, plan)
     vcurves = read_table(exp.directory / VALIDATION_CURVES)
     return [("h2", "Validation verdict"), ("ul", verdict.lines), ("table", table_rows(verdict.arms)),
             _figure(plots.validation_arms(exp.validation, verdict.arms, plan["target"], out / "validation.png"),

@@ -1,8 +1,10 @@
 """The result tables of a search, built from Ray's ResultGrid; `validate`, `export` and `report` read only these.
 
-    results/NAME/trials.parquet    one row per trial: its name (ctkd_tune.names), the flattened config (Config.flat() names; lists as JSON),
+    results/NAME/trials.parquet    one row per trial: its name (ctkd_tune.names), the flattened config
+                                   (Config.flat() names; lists as JSON),
                                    final/best val/ppl, final temperature and λ, steps, status, stop_reason,
-                                   optuna_trial and optuna_state, wall time, trial id
+                                   optuna_trial and optuna_state, wall time, trial id, temperature_drift
+                                   (`checks.temperature_drift` over the trial's reports, from its first evaluation)
     results/NAME/curves.parquet    one row per report: trial_id, optuna_trial, step, status and the metrics
     results/NAME/best_config.yaml  the best completed trial's full config, runnable by `ctkd-tune distill --config`
 
@@ -21,6 +23,7 @@ import math
 from pathlib import Path
 from typing import Any, Iterable
 
+from ctkd_tune.checks import temperature_drift
 from ctkd_tune.config import Config, dump_yaml, from_dict
 from ctkd_tune.io import atomic_write_parquet
 from ctkd_tune.names import trial_name
@@ -32,7 +35,7 @@ CURVE_METRICS = ["val/ppl", "val/kl", "val/top1_agreement", "val/loss", "train/l
                  "ctkd/lambda", "ctkd/evals_at_bound", "wall_time_s", "reported_at"]
 TRIAL_KEYS = ["trial", "trial_id", "optuna_trial", "optuna_state", "run", "status", "stop_reason", "final_val_ppl",
               "best_val_ppl", "best_step", "final_val_kl", "final_top1_agreement", "final_temperature", "final_lambda",
-              "steps", "wall_time_s", "path", "params"]  # then the config's dotted keys
+              "temperature_drift", "steps", "wall_time_s", "path", "params"]  # then the config's dotted keys
 CURVE_KEYS = ["trial", "trial_id", "optuna_trial", "step", "status", *CURVE_METRICS]
 STATUSES = ("completed", "pruned", "diverged", "error", "interrupted")
 
@@ -102,9 +105,11 @@ def build_tables(results: Iterable[Any], base: dict[str, Any], *, ppl_threshold:
             "params": json.dumps(params, sort_keys=True),  # what the searcher chose; the rest is the base config
         }
         try:
-            config = trial_config(base, params).flat()
+            cfg = trial_config(base, params)
         except Exception:  # a trial whose params did not make a config (it errored): keep the base values
-            config = from_dict(base).flat()
+            cfg = from_dict(base)
+        row["temperature_drift"] = temperature_drift(reports, cfg)
+        config = cfg.flat()
         row.update({key: json.dumps(value) if isinstance(value, list) else value for key, value in config.items()})
         trials.append(row)
         curves += [{"trial": name, "trial_id": trial_id, "optuna_trial": number, "step": r.get("step"),

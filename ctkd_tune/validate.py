@@ -3,6 +3,8 @@
     ctkd-tune validate --experiment results/ctkd-search                      # top 3 × 3 seeds + 4 reference arms
     ctkd-tune validate --experiment results/ctkd-search --target-vs fixed    # must beat fallback A, not a number
     ctkd-tune validate --experiment results/ctkd-search --resume             # after an interruption
+    ctkd-tune validate --experiment results/ctkd-search --resume --seeds 8   # add seeds: only the new runs
+    ctkd-tune validate --experiment results/ctkd-search --resume --resolve 1%   # judge again, seeds for a 1% gap
 
 Arms: the top-K completed trials (by final or best val/ppl), fallback A (fixed T = 2.0), fallback B (anneal
 4.0 → 1.5), fallback C (ctkd, λ_max 0.5, warmup 0.4) — the fallbacks on the search's base config — and the
@@ -17,12 +19,15 @@ Written to results/NAME/ (atomically, after every finished run, so an interrupti
     validation_curves.parquet  one row per step per run: temperature, λ, val/ppl (for `ctkd-tune report`)
     validation/students/ARM/   the student of each arm's first seed (Hugging Face format, with the tokenizer)
     validation.md              the side-by-side table and the verdict (`ctkd_tune.verdict`)
-`--resume` runs only the (arm, seed) pairs without a row; runs that raised (status error) are re-run.
+`--resume` runs only the (arm, seed) pairs without a row; runs that raised (status error) are re-run. With
+`--seeds K` (K ≥ the planned count) it first extends the plan to K seeds, continuing the sequence. `--resolve`
+(2% of fallback A's mean by default, or an absolute val/ppl) sizes the seeds-needed figure of the verdict.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,7 +36,7 @@ from ctkd_tune.config import Config, ConfigError, apply_overrides, from_dict
 from ctkd_tune.experiment import VALIDATION, VALIDATION_PLAN, Experiment, open_experiment, read_rows
 from ctkd_tune.io import atomic_write_json, atomic_write_text
 from ctkd_tune.validate_runs import execute, finished
-from ctkd_tune.verdict import REFERENCE_ARM, Target, Verdict, format_table, judge
+from ctkd_tune.verdict import REFERENCE_ARM, Resolve, Target, Verdict, format_table, judge_plan
 
 FALLBACKS = {  # arm: (kind, overrides of the search's base config)
     "fallback_A": ("fallback", {"temperature.mode": "fixed", "temperature.fixed_value": 2.0,
@@ -53,31 +58,36 @@ class ValidationResult:
 def run_validation(experiment: str | Path, *, top_k: int | None = None, seeds: int | None = None,
                    steps: int | None = None, rank_by: str | None = None, ppl_target: float | None = None,
                    target_vs: str | None = None, resume: bool = False, cpus_per_run: float = 1.0,
-                   gpus_per_run: float = 0.0, address: str | None = None) -> ValidationResult:
+                   gpus_per_run: float = 0.0, address: str | None = None,
+                   resolve: str | None = None) -> ValidationResult:
     """Plan (or continue) the validation of `experiment`, run what is missing on Ray, judge, write, print."""
     exp = open_experiment(experiment)
     if cpus_per_run <= 0 or gpus_per_run < 0:
         raise ConfigError(f"--cpus-per-run must be > 0, got {cpus_per_run}")
     plan_path, table_path = exp.directory / VALIDATION_PLAN, exp.directory / VALIDATION
-    target = _target(ppl_target, target_vs)
+    target, difference = _target(ppl_target, target_vs), None if resolve is None else parse_resolve(resolve)
     if resume:
         plan = exp.plan()
         if plan is None:
             raise ConfigError(f"--resume: no validation to continue in {exp.directory}")
-        given = {"top_k": top_k, "seeds": seeds, "steps": steps, "rank_by": rank_by}
+        given = {"top_k": top_k, "steps": steps, "rank_by": rank_by}
         for key, value in given.items():
-            stored = len(plan["seeds"]) if key == "seeds" else plan[key]
-            if value is not None and value != stored:
+            if value is not None and value != plan[key]:
                 raise ConfigError(f"--resume continues the validation planned with --{key.replace('_', '-')} "
-                                  f"{stored}; drop --{key.replace('_', '-')} {value} (or delete {VALIDATION_PLAN})")
+                                  f"{plan[key]}; drop --{key.replace('_', '-')} {value} (or delete {VALIDATION_PLAN})")
+        if seeds is not None:
+            plan["seeds"] = more_seeds(plan["seeds"], seeds)
         if target is not None:
             plan["target"] = target.__dict__
+        if difference is not None:
+            plan["resolve"] = difference.__dict__
     else:
         if plan_path.exists() or table_path.exists():
             raise ConfigError(f"{exp.directory} already holds a validation: continue it with --resume, or delete "
                               f"{VALIDATION_PLAN} and {VALIDATION}")
         plan = make_plan(exp, 3 if top_k is None else top_k, 3 if seeds is None else seeds, steps,
                          rank_by or "final", target)
+        plan["resolve"] = (difference or Resolve()).__dict__
     rows, curves = finished(exp.directory, plan) if resume else ([], [])
     done = {(r["arm"], r["seed"]) for r in rows}
     # seed-major order: an interrupted validation leaves whole seeds, i.e. pairs comparable across arms
@@ -133,6 +143,28 @@ def make_plan(exp: Experiment, top_k: int, n_seeds: int, steps: int | None, rank
             "seeds": list(range(first_seed, first_seed + n_seeds)), "target": target.__dict__, "arms": arms}
 
 
+def more_seeds(planned: list[int], count: int) -> list[int]:
+    """The plan's seeds extended to `count`, continuing after the last (`--resume --seeds K`); never fewer."""
+    if count < len(planned):
+        raise ConfigError(f"--resume --seeds {count}: the validation already has {len(planned)} seeds "
+                          f"({planned}); --seeds can only add seeds")
+    return planned + list(range(max(planned) + 1, max(planned) + 1 + count - len(planned)))
+
+
+def parse_resolve(text: str) -> Resolve:
+    """`--resolve`: "2%" (of fallback A's mean val/ppl) or "5" (val/ppl), > 0 (a share below 100%)."""
+    text = text.strip()
+    relative = text.endswith("%")
+    try:
+        value = float(text[:-1] if relative else text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value < (100 if relative else math.inf):
+        raise ConfigError(f"--resolve must be a positive val/ppl difference (5) or a share of fallback A's mean "
+                          f"below 100% (2%), got {text!r}")
+    return Resolve(value, relative)
+
+
 def describe(cfg: Config) -> str:
     """A short human label of a configuration's temperature recipe."""
     t, s = cfg.temperature, cfg.schedule
@@ -154,7 +186,7 @@ def finish(directory: Path, plan: dict[str, Any]) -> ValidationResult:
     runs = pd.read_parquet(directory / VALIDATION) if (directory / VALIDATION).is_file() else pd.DataFrame()
     if not len(runs):
         raise ConfigError(f"{directory / VALIDATION}: no validation runs")
-    verdict = judge(runs, Target(**plan["target"]), seeds=plan["seeds"])
+    verdict = judge_plan(runs, plan)
     ran = {(a, s) for a, s, status in zip(runs["arm"], runs["seed"], runs["status"]) if status != "error"}
     missing = len({(a["arm"], s) for a in plan["arms"] for s in plan["seeds"]} - ran)
     table = format_table(verdict.arms)
@@ -177,9 +209,15 @@ def validation_markdown(plan: dict[str, Any], verdict: Verdict, runs, missing: i
     lines += ["", "## How to read it", "",
               "- *final val/ppl*: mean ± standard deviation over the seeds that completed.",
               "- *Δ vs A*: mean per-seed difference to fallback A (negative = better), with a 95% t-interval on "
-              "the paired differences (n/a with one seed).",
+              "the paired differences (n/a with one seed). An arm *beats* fallback A only when the interval lies "
+              "below 0; when it holds 0 the two tie, within noise.",
+              f"- *seeds needed*: seeds (pairs) that would resolve a {Resolve(**plan.get('resolve', {})).describe()} "
+              "difference at 95% confidence and 80% power, from the paired sd of the differences; "
+              "`ctkd-tune validate --resume --seeds K` adds seeds.",
               "- *checks*: seeds passing every sanity check at 10%, 33%, 100% (except the final ppl, judged by "
-              "the target); *stable*: seeds with no val/ppl spike and no temperature runaway.",
+              "the target); *stable*: seeds with no val/ppl spike, no temperature runaway (stuck at a bound) and "
+              "no drift (moved more than checks.drift_share of its log range towards a bound, still moving over "
+              "the last quarter).",
               "- *τ*: mean temperature at the first step, mid-run and the end, and its extremes over all seeds.",
               "", "## Arms", ""]
     lines += [f"- `{a['arm']}` ({a['kind']}): {a['label']}" +

@@ -12,8 +12,8 @@ import pytest
 
 from ctkd_tune.cli import main
 from ctkd_tune.config import ConfigError, load_config
-from ctkd_tune.stats import has_spike, paired_ci, t_quantile
-from ctkd_tune.verdict import Target, format_table, judge
+from ctkd_tune.stats import has_spike, paired_ci, seeds_needed, t_quantile
+from ctkd_tune.verdict import Resolve, Target, format_table, judge
 
 STEPS = 20
 KNOBS = [  # searched knobs of the fabricated trials: (params, status, final val/ppl)
@@ -88,6 +88,26 @@ def test_paired_ci_against_a_hand_computation():
     assert one.mean == 1.0 and one.low is None and one.high is None and one.n == 1
 
 
+def test_seeds_needed_against_a_hand_computation():
+    """n = smallest n ≥ 2 with n ≥ ((t_{.975, n−1} + t_{.80, n−1}) · sd / difference)².
+
+    sd = difference: n = 9 gives (2.3060 + 0.8889)² = 10.21 > 9, n = 10 gives (2.2622 + 0.8834)² = 9.89 ≤ 10 → 10
+    (the exact non-central-t power at n = 10 is 0.803, G*Power's answer for dz = 1 too).
+    sd = 2 · difference: n = 33 gives 4 · (2.0369 + 0.8532)² = 33.41 > 33, n = 34 gives 4 · (2.0345 + 0.8531)² =
+    33.35 ≤ 34 → 34.
+    """
+    for df, t80 in ((3, 0.9785), (8, 0.8889), (9, 0.8834)):  # one-sided 80% quantiles, from the tables
+        assert t_quantile(0.60, df) == pytest.approx(t80, abs=1e-4)
+    assert (t_quantile(0.95, 8) + t_quantile(0.60, 8)) ** 2 > 9 >= 0
+    assert (t_quantile(0.95, 9) + t_quantile(0.60, 9)) ** 2 <= 10
+    assert seeds_needed(1.0, 1.0) == 10 and seeds_needed(3.0, 3.0) == 10  # only sd / difference matters
+    assert seeds_needed(2.0, 1.0) == 34
+    assert seeds_needed(0.0, 1.0) == 2  # no variance: two seeds, the fewest that show it
+    assert seeds_needed(100.0, 1.0) is None  # beyond MAX_SEEDS: not resolvable in practice
+    with pytest.raises(ValueError):
+        seeds_needed(1.0, 0.0)
+
+
 def test_spike_definition():
     assert has_spike([(10, 300.0), (20, 250.0), (30, 400.0)], total_steps=100)  # 400 > 1.5 × 250
     assert not has_spike([(10, 300.0), (20, 250.0), (30, 370.0)], total_steps=100)  # 370 < 375
@@ -96,18 +116,22 @@ def test_spike_definition():
 
 # --- the verdict on constructed tables ----------------------------------------------------------------------------
 
-def runs_table(ppl_by_arm, *, failed_checks=(), spikes=(), diverged=(), frozen=()):
-    """One row per (arm, seed); arms named trial-* are searched, learnable is the ablation."""
+MODES = {"fallback_A": "fixed", "fallback_B": "anneal", "fallback_C": "ctkd", "learnable": "learnable"}
+
+
+def runs_table(ppl_by_arm, *, failed_checks=(), spikes=(), diverged=(), frozen=(), drift=()):
+    """One row per (arm, seed); arms named trial-* are searched (ctkd), learnable is the ablation."""
     rows = []
     for arm, ppls in ppl_by_arm.items():
         kind = "search" if arm.startswith("trial-") else "ablation" if arm == "learnable" else "fallback"
         for seed, ppl in enumerate(ppls, start=1):
             bad = (arm, seed) in diverged
             rows.append({"arm": arm, "kind": kind, "label": arm, "seed": seed,
+                         "temperature.mode": MODES.get(arm, "ctkd"),
                          "status": "diverged" if bad else "completed", "final_val_ppl": None if bad else ppl,
                          "checks_passed": (arm, seed) not in failed_checks, "spike": (arm, seed) in spikes,
-                         "runaway": False, "tau_start": 2.0, "tau_mid": 2.5, "tau_end": 3.0, "tau_lo": 2.0,
-                         "tau_hi": 2.02 if arm in frozen else 3.1})
+                         "runaway": False, "drift": (arm, seed) in drift, "tau_start": 2.0, "tau_mid": 2.5,
+                         "tau_end": 3.0, "tau_lo": 2.0, "tau_hi": 2.02 if arm in frozen else 3.1})
     return pd.DataFrame(rows)
 
 
@@ -159,24 +183,97 @@ def test_verdict_relative_target_diverged_and_missing_seeds():
     assert not arms.loc["fallback_B", "passes"] and "target" in arms.loc["fallback_B", "why"]
     assert "did not complete" in arms.loc["trial-2", "why"] and "missing seeds [3]" in arms.loc["trial-4", "why"]
     assert verdict.recommended == "trial-1"
-    assert "within seed noise" in "\n".join(verdict.lines)
+    text = "\n".join(verdict.lines)
+    assert "— the lowest mean, not a proven win over fallback A." in text  # −0.83 [−3.96, +2.29]: a tie
+    assert "trial-1 ties with fallback A, within noise: -0.83 val/ppl" in text
 
 
 def test_verdict_says_when_the_winning_temperature_never_moved():
     moving = judge(runs_table({"trial-3": [290.0, 291.0], **FALLBACKS}), Target(value=400.0), seeds=[1, 2])
     assert not any("hardly moved" in line for line in moving.lines)
-    frozen = judge(runs_table({"trial-3": [290.0, 291.0], **FALLBACKS}, frozen={"trial-3"}), Target(value=400.0),
-                   seeds=[1, 2])
+    frozen = judge(runs_table({"trial-3": [290.0, 291.0], "trial-5": [295.0, 296.0], **FALLBACKS},
+                              frozen={"trial-3", "trial-5", "fallback_A"}), Target(value=400.0), seeds=[1, 2])
     assert frozen.recommended == "trial-3"
-    assert ("Its temperature hardly moved (τ in [2.000, 2.020] over the whole run): in effect a fixed T ≈ 2.01, "
-            "not a learned curriculum.") in frozen.lines[-1]
+    notes = [line for line in frozen.lines if "hardly moved" in line]
+    assert notes == [  # every learned arm, not only the recommended one; never fallback A (a fixed T by design)
+        "trial-3: its temperature hardly moved (τ in [2.000, 2.020] over the whole run): in effect a fixed T ≈ 2.01, "
+        "not a learned curriculum. Compare it with --set temperature.mode=fixed temperature.fixed_value=2.01 before "
+        "crediting CTKD.",
+        "trial-5: its temperature hardly moved (τ in [2.000, 2.020] over the whole run): in effect a fixed T ≈ 2.01, "
+        "not a learned curriculum."]
 
 
 def test_verdict_with_one_seed_says_n_a():
     verdict = judge(runs_table({"trial-1": [290.0], "fallback_A": [300.0]}), Target(value=400.0))
     assert verdict.arms.set_index("arm").loc["trial-1", "ci_low"] is None or \
         math.isnan(verdict.arms.set_index("arm").loc["trial-1", "ci_low"])
-    assert "-10.00 n/a" in format_table(verdict.arms) and "CI n/a with one seed" in "\n".join(verdict.lines)
+    text = "\n".join(verdict.lines)
+    assert "-10.00 n/a" in format_table(verdict.arms) and "CI n/a with one seed" in text
+    assert "trial-1 vs fallback A: -10.00 val/ppl with one seed: the variance is unknown" in text
+    assert "beats" not in text and "undecided" not in text  # no winner and no seeds-needed figure from one seed
+
+
+def test_verdict_wording_clear_win_tie_clear_loss_and_drift():
+    """Fallback A = [300, 302, 301] (mean 301: a 2% difference is 6.02 val/ppl); t*(95%, df 2) = 4.3027.
+
+    trial-3     diffs −10, −11, −9: mean −10, sd 1, CI −10 ± 4.3027/√3 = [−12.48, −7.52]  → beats
+    trial-7     diffs −4, +2, −1:   mean −1,  sd 3, CI [−8.45, +6.45]                      → ties; seeds for 6.02 at
+                sd 3: n = 4 gives (3.1824 + 0.9785)² · (3/6.02)² = 4.30 > 4, n = 5 gives (2.7764 + 0.9410)² · 0.2483
+                = 3.43 ≤ 5 → 5 in all, 2 more
+    fallback_B  diffs +10, +10, +8: mean +9.33, CI [+6.46, +12.20]                         → is worse than
+    learnable   diffs −1, −2, −3: CI [−4.48, +0.48], sd 1 → n = 3 ((4.3027 + 1.0607)² / 6.02² = 0.79 ≤ 3) = the
+                seeds it has → a tie, and 3 seeds would have shown a 2% difference
+    """
+    runs = runs_table({"trial-3": [290.0, 291.0, 292.0], "trial-7": [296.0, 304.0, 300.0],
+                       "fallback_A": [300.0, 302.0, 301.0], "fallback_B": [310.0, 312.0, 309.0],
+                       "learnable": [299.0, 300.0, 298.0]},
+                      drift={("learnable", 1), ("learnable", 2), ("learnable", 3), ("trial-7", 2)})
+    verdict = judge(runs, Target(value=320.0), seeds=[1, 2, 3])
+    lines = verdict.lines
+    assert verdict.recommended == "trial-3"
+    assert "trial-3 beats fallback A: -10.00 val/ppl, 95% CI [-12.48, -7.52] (paired by seed, 3 seeds, sd 1.00)." \
+        in lines
+    assert ("trial-7 ties with fallback A, within noise: -1.00 val/ppl, 95% CI [-8.45, +6.45] (paired by seed, 3 "
+            "seeds, sd 3.00); undecided: 2 more seeds would resolve a 2% difference (6.02 val/ppl): 5 in all at 80% "
+            "power.") in lines
+    assert "fallback_B is worse than fallback A: +9.33 val/ppl, 95% CI [+6.46, +12.20] (paired by seed, 3 seeds, " \
+        "sd 1.15)." in lines
+    assert ("learnable ties with fallback A, within noise: -2.00 val/ppl, 95% CI [-4.48, +0.48] (paired by seed, 3 "
+            "seeds, sd 1.00); a tie: 3 seeds would have resolved a 2% difference (6.02 val/ppl) with 80% power, so "
+            "the true difference is likely smaller.") in lines
+    assert not any(line.startswith("fallback_A ") for line in lines)  # the reference is not compared with itself
+    arms = verdict.arms.set_index("arm")
+    assert arms.loc["trial-7", "seeds_needed"] == 5 == seeds_needed(3.0, 6.02)
+    assert arms.loc["trial-7", "paired_sd"] == pytest.approx(3.0)
+    assert "5 (sd 3.00)" in format_table(verdict.arms)
+    # drift: named in the verdict, and it makes a seed unstable
+    assert ("learnable: temperature drift on 3/3 seeds (mean τ 2.00 → 3.00): it moved more than checks.drift_share "
+            "of its range towards a bound and was still moving that way at the end of the run.") in lines
+    assert any(line.startswith("trial-7: temperature drift on 1/3 seeds") for line in lines)
+    assert "stable on 2/3 seeds (spike, runaway or drift)" in arms.loc["trial-7", "why"]
+    assert not any("drift" in line for line in lines if line.startswith(("trial-3", "fallback")))
+    # an absolute difference to resolve
+    absolute = judge(runs, Target(value=320.0), seeds=[1, 2, 3], resolve=Resolve(1.0, relative=False))
+    more = seeds_needed(3.0, 1.0) - 3
+    assert any(f"undecided: {more} more seeds would resolve a 1 val/ppl difference:" in line for line in absolute.lines)
+
+
+def test_a_fallback_ahead_within_noise_ties_and_one_clearly_ahead_beats():
+    """The issue's case: fallback A lower by 0.08 with the searched arm's interval [−0.12, +0.28] is a tie.
+
+    trial-3 − A = 0, +0.08, +0.16: mean +0.08, sd 0.08, CI 0.08 ± 4.3027 · 0.08/√3 = [−0.12, +0.28].
+    """
+    a = [301.0, 302.0, 301.0]
+    tie = judge(runs_table({"trial-3": [301.0, 302.08, 301.16], "fallback_A": a}), Target(value=400.0), seeds=[1, 2, 3])
+    text = "\n".join(tie.lines)
+    assert tie.recommended == "fallback_A" and tie.ctkd_passes
+    assert "A fallback beats every passing searched configuration" not in text and "beats fallback A" not in text
+    assert ("fallback_A has the lowest mean but does not beat every passing searched configuration: it ties within "
+            "noise with trial-3 (trial-3 − fallback_A: +0.08, 95% CI [-0.12, +0.28]).") in tie.lines
+    assert "trial-3 ties with fallback A, within noise: +0.08 val/ppl, 95% CI [-0.12, +0.28]" in text
+    win = judge(runs_table({"trial-3": [311.0, 312.0, 310.0], "fallback_A": a}), Target(value=400.0), seeds=[1, 2, 3])
+    assert "A fallback beats every passing searched configuration: fallback_A is recommended." in win.lines
+    assert any(line.startswith("trial-3 is worse than fallback A: +9.67 val/ppl") for line in win.lines)
 
 
 # --- real runs ------------------------------------------------------------------------------------------------------
@@ -241,8 +338,10 @@ def test_validate_resume_runs_only_what_is_missing(validated, capsys):
     atomic_write_parquet(exp / "validation.parquet", kept)
     with pytest.raises(ConfigError, match="already holds a validation"):
         run_validation(exp, top_k=1, seeds=2, steps=STEPS)
-    with pytest.raises(ConfigError, match="--seeds 2"):
-        run_validation(exp, seeds=3, resume=True)
+    with pytest.raises(ConfigError, match="--top-k 1"):
+        run_validation(exp, top_k=2, resume=True)
+    with pytest.raises(ConfigError, match="already has 2 seeds .* --seeds can only add seeds"):
+        run_validation(exp, seeds=1, resume=True)
     capsys.readouterr()
     result = run_validation(exp, resume=True)
     assert "validating 2 runs" in capsys.readouterr().out
@@ -251,6 +350,31 @@ def test_validate_resume_runs_only_what_is_missing(validated, capsys):
     untouched = before[~gone & ~errored].sort_values(["arm", "seed"]).reset_index(drop=True)
     same = after.merge(untouched[["arm", "seed"]]).sort_values(["arm", "seed"]).reset_index(drop=True)
     pd.testing.assert_frame_equal(same[untouched.columns], untouched)  # not re-run: identical, wall time included
+
+
+def test_validate_resume_with_more_seeds_runs_only_the_new_ones(validated, tmp_path, capsys):
+    """`--resume --seeds 3` on a 2-seed validation: the plan gains seed 3, and only its 5 runs are made."""
+    import shutil
+
+    exp = shutil.copytree(validated[0], tmp_path / "exp")
+    before = pd.read_parquet(exp / "validation.parquet")
+    assert sorted(set(before["seed"])) == [1, 2]
+    capsys.readouterr()
+    code = main(["validate", "--experiment", str(exp), "--resume", "--seeds", "3", "--resolve", "5"])
+    out = capsys.readouterr().out
+    assert "validating 5 runs (5 arms × 3 seeds, 10 done before, 0 identical to another arm's run)" in out
+    plan = json.loads((exp / "validation.json").read_text())
+    assert plan["seeds"] == [1, 2, 3] and plan["resolve"] == {"value": 5.0, "relative": False}
+    after = pd.read_parquet(exp / "validation.parquet")
+    assert sorted(zip(after["arm"], after["seed"])) == sorted(
+        [*zip(before["arm"], before["seed"]), *((arm, 3) for arm in before["arm"].unique())])
+    old = after[after["seed"] < 3].sort_values(["arm", "seed"]).reset_index(drop=True)
+    pd.testing.assert_frame_equal(old[before.columns], before.sort_values(["arm", "seed"]).reset_index(drop=True))
+    assert (after.loc[after["seed"] == 3, "train.seed"] == 3).all()
+    assert code in (0, 1) and "3 seeds" in out and "5 val/ppl difference" in (exp / "validation.md").read_text()
+    assert len(pd.read_parquet(exp / "validation_curves.parquet")) == len(after) * STEPS
+    assert main(["validate", "--experiment", str(exp), "--resume", "--resolve", "2x"]) == 2
+    assert "--resolve must be a positive val/ppl difference" in capsys.readouterr().err
 
 
 def test_bad_experiments_are_one_line_errors(tmp_path, capsys):
@@ -280,8 +404,8 @@ def test_validate_help_lists_the_flags(capsys):
     with pytest.raises(SystemExit):
         main(["validate", "--help"])
     out = capsys.readouterr().out
-    for flag in ("--experiment", "--top-k", "--seeds", "--ppl-target", "--target-vs", "--resume", "--cpus-per-run",
-                 "--steps"):
+    for flag in ("--experiment", "--top-k", "--seeds", "--ppl-target", "--target-vs", "--resume", "--resolve",
+                 "--cpus-per-run", "--steps"):
         assert flag in out
 
 
