@@ -5,7 +5,7 @@
     DIR/summary.json       final and best val/ppl, final temperature and λ, checks, status, wall time, config
     DIR/student/           the student (save_pretrained) and its tokenizer
     DIR/checkpoint/        the latest full training state, for --resume
-    DIR/tensorboard/       TensorBoard events: every step's metrics, τ and λ, and the config (`tensorboard --logdir DIR`)
+    DIR/tensorboard/       TensorBoard events: every step's metrics, τ and λ, the config (tensorboard --logdir DIR)
 All files are written atomically; an existing run is never overwritten unless resumed.
 """
 

@@ -63,7 +63,7 @@ def experiment(tmp_path):
 
 def test_export_validated_round_trip_yaml_and_json(experiment, tmp_path, capsys):
     plan = add_validation(experiment, PASSING)
-    recommended = run_config(plan["arms"][0], plan["seeds"][0])  # t00-cosine-lam0.8 wins, exported with its first seed
+    recommended = run_config(plan["arms"][0], plan["seeds"][0])  # trial 0 wins, exported with its first seed
     path = export(experiment)
     assert path == experiment / "recommended.yaml"
     text = path.read_text()

@@ -312,7 +312,8 @@ def test_validate_runs_every_arm_and_seed(validated):
                                "fallback_C": "ctkd", "learnable": "learnable"}
     fb_c = runs[runs["arm"] == "fallback_C"].iloc[0]
     assert (fb_c["schedule.lambda_max"], fb_c["schedule.warmup_ratio"]) == (0.5, 0.4)
-    assert runs.loc[runs["arm"] == "t00-cosine-lam0.8", "temperature.tau_max"].eq(4.0).all()  # the best trial's knobs
+    best = runs["arm"] == "t00-cosine-lam0.8"
+    assert runs.loc[best, "temperature.tau_max"].eq(4.0).all()  # the best trial's knobs
     for column in ("final_val_ppl", "best_val_ppl", "checks_passed", "runaway", "spike", "wall_time_s", "tau_mid"):
         assert runs[column].notna().all(), column
     md = (exp / "validation.md").read_text()
@@ -419,10 +420,11 @@ def test_an_arm_identical_to_another_runs_once(tmp_path, ray_cluster, capsys):
     assert "validating 5 runs (5 arms × 1 seeds, 0 done before, 1 identical to another arm's run)" in \
         capsys.readouterr().out
     runs = pd.read_parquet(exp / "validation.parquet").set_index("arm")
-    assert runs.loc["fallback_C", "same_run_as"] == "t00-cosine-tau1.0-5.0-lam0.5" and runs["same_run_as"].notna().sum() == 1
+    twin = "t00-cosine-tau1.0-5.0-lam0.5"  # the search's trial 0: fallback C's config
+    assert runs.loc["fallback_C", "same_run_as"] == twin and runs["same_run_as"].notna().sum() == 1
     metrics = ["final_val_ppl", "best_val_ppl", "wall_time_s", "tau_mid", "status"]  # wall time: not run twice
-    assert runs.loc["fallback_C", metrics].tolist() == runs.loc["t00-cosine-tau1.0-5.0-lam0.5", metrics].tolist()
-    assert runs.loc["fallback_C", "kind"] == "fallback" and runs.loc["t00-cosine-tau1.0-5.0-lam0.5", "kind"] == "search"
+    assert runs.loc["fallback_C", metrics].tolist() == runs.loc[twin, metrics].tolist()
+    assert runs.loc["fallback_C", "kind"] == "fallback" and runs.loc[twin, "kind"] == "search"
     assert (exp / "validation" / "students" / "fallback_C" / "config.json").is_file()
     curves = pd.read_parquet(exp / "validation_curves.parquet")
     assert len(curves[curves["arm"] == "fallback_C"]) == STEPS
@@ -433,7 +435,7 @@ def test_an_arm_identical_to_another_runs_once(tmp_path, ray_cluster, capsys):
     assert main(["validate", "--experiment", str(exp), "--resume"]) in (0, 1)
     assert "validating 1 runs (5 arms × 1 seeds, 4 done before, 1 identical" in capsys.readouterr().out
     again = pd.read_parquet(exp / "validation.parquet").set_index("arm")
-    assert again.loc["fallback_C", "wall_time_s"] == runs.loc["t00-cosine-tau1.0-5.0-lam0.5", "wall_time_s"]
+    assert again.loc["fallback_C", "wall_time_s"] == runs.loc[twin, "wall_time_s"]
 
 
 def test_validate_joins_the_cluster_given_by_address_before_writing(tmp_path, monkeypatch):
