@@ -28,6 +28,7 @@ LEARNED_MODES = ("ctkd", "learnable")  # modes whose temperature has parameters 
 GRANULARITIES = ("global", "token")
 SCHEDULE_TYPES = ("cosine", "exp", "linear", "constant")
 TEMPERATURE_OPTIMIZERS = ("sgd", "adamw")
+DIVERGENCES = ("forward_kl", "reverse_kl", "skew_kl", "jsd")
 
 
 @dataclass
@@ -127,13 +128,19 @@ class LossConfig:
     """The blend of the distillation loss, the cross-entropy and the optional hidden-state alignment."""
 
     kd_weight: float = 0.5
-    """Weight of the temperature-scaled KD loss τ²·KL(teacher ‖ student)."""
+    """Weight of the temperature-scaled KD loss τ²·D(teacher, student), D = `divergence` (forward KL by default)."""
     ce_weight: float = 0.5
     """Weight of the next-token cross-entropy on the data."""
     align_weight: float = 0.0
     """Weight of the hidden-state alignment (MSE after a learned student→teacher projection); 0 disables."""
     chunk_size: int = 1024
     """Tokens per chunk in the KD loss: bounds the extra full-vocabulary memory."""
+    divergence: str = "forward_kl"
+    """Divergence D in τ²·D(teacher, student): forward_kl | reverse_kl | skew_kl | jsd (val/kl stays forward KL)."""
+    skew_alpha: float = 0.1
+    """skew_kl's α in (0, 1): KL(p ‖ α·p + (1−α)·q) (DistiLLM's default 0.1; α → 0 is forward KL)."""
+    jsd_beta: float = 0.5
+    """jsd's β in (0, 1): β·KL(p ‖ m) + (1−β)·KL(q ‖ m), m = β·p + (1−β)·q (GKD; 0.5 is symmetric)."""
 
 
 @dataclass
@@ -298,6 +305,10 @@ def validate(cfg: Config) -> None:
         raise ConfigError("loss.kd_weight and loss.ce_weight are both 0: nothing to train on")
     if not lo.chunk_size >= 1:
         raise ConfigError(f"loss.chunk_size must be >= 1, got {lo.chunk_size}")
+    _choice("loss.divergence", lo.divergence, DIVERGENCES)
+    for name in ("skew_alpha", "jsd_beta"):
+        if not 0 < getattr(lo, name) < 1:
+            raise ConfigError(f"loss.{name} must be in (0, 1), got {getattr(lo, name)}")
     if not d.block_size >= 2:
         raise ConfigError(f"data.block_size must be >= 2, got {d.block_size}")
     if not 0 < d.val_fraction < 1:

@@ -109,14 +109,15 @@ def loss_step(cfg: Config, student: nn.Module, temperature: Temperature, align: 
               autocast) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Forward → τ → loss on batch (x, y) of 0-based step i; returns (loss, kd, ce, τ).
 
-        loss = kd_weight · τ²·KL(teacher ‖ student at τ) + ce_weight · CE(student, y)
+        loss = kd_weight · τ²·D(teacher ‖ student at τ) + ce_weight · CE(student, y)   (D: loss.divergence)
                + align_weight · MSE(align(student hidden), teacher hidden)
     """
     with autocast():
         teacher_out = teacher.train(i, x)  # logits (B, T, V), hidden (B, T, H_t) when aligning
         student_out = student(x, output_hidden_states=align is not None)
     tau = temperature(i, lam, student_out.logits, teacher_out.logits)  # () or (B*T,)
-    kd = kd_loss(student_out.logits, teacher_out.logits, tau, chunk_size=cfg.loss.chunk_size)
+    kd = kd_loss(student_out.logits, teacher_out.logits, tau, chunk_size=cfg.loss.chunk_size,
+                 divergence=cfg.loss.divergence, alpha=cfg.loss.skew_alpha, beta=cfg.loss.jsd_beta)
     ce = F.cross_entropy(student_out.logits.flatten(0, 1).float(), y.flatten())
     loss = cfg.loss.kd_weight * kd + cfg.loss.ce_weight * ce
     if align is not None:

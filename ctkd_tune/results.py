@@ -174,7 +174,9 @@ def config_from_row(row: dict[str, Any]) -> Config:
     nested: dict[str, dict[str, Any]] = {}
     for section, fields in Config().to_dict().items():
         for key in fields:
-            value = _plain(row.get(f"{section}.{key}"))
+            if f"{section}.{key}" not in row:  # a field added after the run (e.g. loss.divergence): its default
+                continue
+            value = _plain(row[f"{section}.{key}"])
             if isinstance(value, str) and value.startswith("["):
                 value = json.loads(value)
             nested.setdefault(section, {})[key] = value

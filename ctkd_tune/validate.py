@@ -38,12 +38,13 @@ from ctkd_tune.io import atomic_write_json, atomic_write_text
 from ctkd_tune.validate_runs import execute, finished
 from ctkd_tune.verdict import REFERENCE_ARM, Resolve, Target, Verdict, format_table, judge_plan
 
-FALLBACKS = {  # arm: (kind, overrides of the search's base config)
+FALLBACKS = {  # arm: (kind, overrides of the search's base config); the plan's fallbacks are all forward KL
     "fallback_A": ("fallback", {"temperature.mode": "fixed", "temperature.fixed_value": 2.0,
-                                "temperature.granularity": "global"}),
+                                "temperature.granularity": "global", "loss.divergence": "forward_kl"}),
     "fallback_B": ("fallback", {"temperature.mode": "anneal", "temperature.anneal_start": 4.0,
-                                "temperature.anneal_end": 1.5, "temperature.granularity": "global"}),
-    "fallback_C": ("fallback", {"temperature.mode": "ctkd"}),  # + search_spaces.default.FALLBACK_C
+                                "temperature.anneal_end": 1.5, "temperature.granularity": "global",
+                                "loss.divergence": "forward_kl"}),
+    "fallback_C": ("fallback", {"temperature.mode": "ctkd", "loss.divergence": "forward_kl"}),  # + FALLBACK_C
 }
 
 
@@ -167,16 +168,18 @@ def parse_resolve(text: str) -> Resolve:
 
 def describe(cfg: Config) -> str:
     """A short human label of a configuration's temperature recipe."""
-    t, s = cfg.temperature, cfg.schedule
+    t, s, lo = cfg.temperature, cfg.schedule, cfg.loss
+    divergence = {"forward_kl": "", "reverse_kl": ", reverse KL", "skew_kl": f", skew KL α {lo.skew_alpha:.2g}",
+                  "jsd": f", JSD β {lo.jsd_beta:.2g}"}[lo.divergence]
     if t.mode == "fixed":
-        return f"fixed T={t.fixed_value:g}"
+        return f"fixed T={t.fixed_value:g}{divergence}"
     if t.mode == "anneal":
-        return f"anneal T {t.anneal_start:g}→{t.anneal_end:g}"
+        return f"anneal T {t.anneal_start:g}→{t.anneal_end:g}{divergence}"
     text = f"{t.mode} τ∈[{t.tau_min:.3g}, {t.tau_max:.3g}] init {t.tau_init:.3g}, {t.granularity}"
     if t.mode == "ctkd":
         gamma = f" γ {s.gamma:.3g}" if s.type == "exp" else ""
         text += f", λ_max {s.lambda_max:.3g}, warmup {s.warmup_ratio:.2g}, {s.type}{gamma}"
-    return text
+    return text + divergence
 
 
 def finish(directory: Path, plan: dict[str, Any]) -> ValidationResult:

@@ -3,11 +3,13 @@
     ctkd-tune search                                     # uses default_space
     ctkd-tune search --space search_spaces.default:default_space
     ctkd-tune search --space search_spaces.default:curriculum_space    # + the temperature's learning rate
+    ctkd-tune search --space search_spaces.default:divergence_space    # + the divergence (and its α / β)
 
 A space only calls `trial.suggest_*`; parameter names are the config's dotted keys, so every suggestion is a
 `--set` override of the base config. Dependent ranges keep each sample valid by construction:
     tau_max ≥ tau_min + TAU_MARGIN, and tau_init strictly inside [tau_min, tau_max];
-    schedule.gamma exists only for the `exp` schedule (absent params keep the base config's value).
+    schedule.gamma exists only for the `exp` schedule (absent params keep the base config's value);
+    loss.skew_alpha only for skew_kl, loss.jsd_beta only for jsd.
 """
 
 from __future__ import annotations
@@ -18,11 +20,12 @@ TAU_INIT_INSET = 0.1
 """tau_init keeps this distance from both bounds (a start on a bound is a runaway from step 0)."""
 
 # Known configurations, evaluated first (points_to_evaluate).
-# The plan's recommended configuration; temperature.lr is the config's default, for spaces that search it.
+# The plan's recommended configuration; temperature.lr and loss.divergence are the config's defaults, for spaces
+# that search them (a space keeps only the keys it searches).
 RECOMMENDED = {
     "temperature.tau_min": 1.0, "temperature.tau_max": 5.0, "temperature.tau_init": 2.0,
     "schedule.lambda_max": 1.0, "schedule.warmup_ratio": 0.2, "schedule.type": "cosine",
-    "temperature.granularity": "global", "temperature.lr": 0.05,
+    "temperature.granularity": "global", "temperature.lr": 0.05, "loss.divergence": "forward_kl",
 }
 FALLBACK_C = {**RECOMMENDED, "schedule.lambda_max": 0.5, "schedule.warmup_ratio": 0.4}  # a gentler adversary
 KNOWN_POINTS = [RECOMMENDED, FALLBACK_C]
@@ -50,3 +53,17 @@ def curriculum_space(trial) -> None:
     """
     default_space(trial)
     trial.suggest_float("temperature.lr", 0.01, 2.0, log=True)
+
+
+def divergence_space(trial) -> None:
+    """The default space plus the divergence D in τ²·D: forward_kl | reverse_kl | skew_kl (α) | jsd (β).
+
+    Temperature and divergence interact (arXiv 2606.00306: reverse KL wins at τ = 1, forward KL at higher τ), so
+    they are searched jointly. α and β are suggested only for their own divergence.
+    """
+    default_space(trial)
+    divergence = trial.suggest_categorical("loss.divergence", ["forward_kl", "reverse_kl", "skew_kl", "jsd"])
+    if divergence == "skew_kl":
+        trial.suggest_float("loss.skew_alpha", 0.02, 0.5, log=True)  # DistiLLM uses 0.1; α → 0 is forward KL
+    elif divergence == "jsd":
+        trial.suggest_float("loss.jsd_beta", 0.1, 0.9)  # GKD tries 0.1, 0.5, 0.9

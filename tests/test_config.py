@@ -50,6 +50,11 @@ def test_flat_uses_dotted_names():
     ("train.stepz=10", "train.stepz"),
     ("optimizer.lr=1", "optimizer"),
     ("data.val_fraction=1.5", "data.val_fraction"),
+    ("loss.divergence=kl", "loss.divergence"),
+    ("loss.skew_alpha=0", "loss.skew_alpha"),
+    ("loss.skew_alpha=1.0", "loss.skew_alpha"),
+    ("loss.jsd_beta=1.5", "loss.jsd_beta"),
+    ("loss.jsd_beta=-0.5", "loss.jsd_beta"),
 ])
 def test_invalid_values_name_the_field(override, field):
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
@@ -75,3 +80,12 @@ def test_yaml_uses_safe_load(tmp_path):
     path.write_text("train: !!python/object/apply:os.system ['echo pwned']\n")
     with pytest.raises(ConfigError, match="malformed YAML"):
         load_config(path)
+
+
+def test_divergence_defaults_and_choices():
+    lo = Config().loss
+    assert (lo.divergence, lo.skew_alpha, lo.jsd_beta) == ("forward_kl", 0.1, 0.5)  # today's loss, the papers' α, β
+    for name in ("forward_kl", "reverse_kl", "skew_kl", "jsd"):
+        assert load_config(overrides=[f"loss.divergence={name}"]).loss.divergence == name
+    with pytest.raises(ConfigError, match="loss.divergence must be one of forward_kl, reverse_kl, skew_kl, jsd"):
+        load_config(overrides=["loss.divergence=JSD"])

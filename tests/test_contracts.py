@@ -3,8 +3,8 @@ offers exactly the names the config accepts.
 
 Run: python -m pytest tests/test_contracts.py
 
-Adding a λ schedule, a temperature mode or a granularity means adding it to the config's list and to the one
-table that implements it; these tests fail until both (and the default search space) agree.
+Adding a λ schedule, a temperature mode, a granularity or a divergence means adding it to the config's list and
+to the one table that implements it; these tests fail until both (and the default search space) agree.
 """
 
 from ctkd_tune.config import GRANULARITIES, LEARNED_MODES, SCHEDULE_TYPES, TEMPERATURE_MODES
@@ -47,3 +47,19 @@ def test_the_default_space_offers_exactly_the_configs_names():
     default_space(trial)
     assert set(trial.choices["schedule.type"]) == set(SCHEDULE_TYPES)
     assert set(trial.choices["temperature.granularity"]) == set(GRANULARITIES)
+
+
+def test_divergences_are_the_configs_divergences():
+    from ctkd_tune.config import DIVERGENCES
+    from ctkd_tune.losses import DIVERGENCES as KERNELS, WORK_BUFFERS
+
+    assert tuple(KERNELS) == DIVERGENCES and set(WORK_BUFFERS) == set(DIVERGENCES)
+
+
+def test_the_divergence_space_offers_exactly_the_configs_divergences():
+    from ctkd_tune.config import DIVERGENCES
+    from search_spaces.default import divergence_space
+
+    trial = RecordingTrial()
+    divergence_space(trial)
+    assert trial.choices["loss.divergence"] == list(DIVERGENCES)

@@ -175,3 +175,20 @@ def test_kd_loss_falls_and_checks_pass_on_a_healthy_run():
     assert checks["kd_loss_falling"]["passed"] and checks["lambda_at_max@100%"]["passed"]
     assert checks["lambda_zero_in_warmup@10%"]["passed"]
     assert checks["ppl@100%"]["value"] < checks["ppl@10%"]["value"]
+
+
+def test_the_divergence_reaches_the_training_loss():
+    """Same seed, same first batch and student: step 1's train/kd_loss differs by divergence (and by α, β), and
+    forward_kl is the default run exactly."""
+    runs = {name: distill(tiny("train.steps=1", *extra), **QUIET).history[0]
+            for name, extra in {"default": [], "forward_kl": ["loss.divergence=forward_kl"],
+                                "reverse_kl": ["loss.divergence=reverse_kl"],
+                                "skew_kl": ["loss.divergence=skew_kl"],
+                                "skew_kl 0.5": ["loss.divergence=skew_kl", "loss.skew_alpha=0.5"],
+                                "jsd": ["loss.divergence=jsd"], "jsd 0.2": ["loss.divergence=jsd", "loss.jsd_beta=0.2"],
+                                }.items()}
+    assert runs["default"] == {**runs["forward_kl"], "train/tokens_per_s": runs["default"]["train/tokens_per_s"]}
+    kd = {name: row["train/kd_loss"] for name, row in runs.items() if name != "default"}
+    assert len(set(kd.values())) == len(kd), kd
+    assert kd["skew_kl"] < kd["forward_kl"] and kd["skew_kl 0.5"] < kd["skew_kl"]  # skew KL shrinks with α
+    assert all(math.isfinite(row["train/loss"]) for row in runs.values())

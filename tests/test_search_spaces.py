@@ -14,7 +14,7 @@ from search_spaces import YamlSpace, check_space, load_space, trial_config
 from search_spaces.default import FALLBACK_C, KNOWN_POINTS, RECOMMENDED, TAU_MARGIN
 
 SHIPPED = [None, "search_spaces.default:default_space", "search_spaces.default:curriculum_space",
-           "search_spaces/example.yaml"]
+           "search_spaces.default:divergence_space", "search_spaces/example.yaml"]
 BASE = load_config(preset="tiny")
 
 
@@ -58,7 +58,8 @@ def test_default_space_keeps_its_margins_and_conditional_gamma():
 def test_known_points_are_the_plan():
     assert RECOMMENDED == {"temperature.tau_min": 1.0, "temperature.tau_max": 5.0, "temperature.tau_init": 2.0,
                            "schedule.lambda_max": 1.0, "schedule.warmup_ratio": 0.2, "schedule.type": "cosine",
-                           "temperature.granularity": "global", "temperature.lr": 0.05}
+                           "temperature.granularity": "global", "temperature.lr": 0.05,
+                           "loss.divergence": "forward_kl"}
     assert FALLBACK_C == {**RECOMMENDED, "schedule.lambda_max": 0.5, "schedule.warmup_ratio": 0.4}
     assert KNOWN_POINTS == [RECOMMENDED, FALLBACK_C]
 
@@ -167,7 +168,33 @@ def test_cli_search_help_lists_every_flag(capsys):
 
 def test_curriculum_space_searches_the_temperature_lr_and_keeps_the_plans_points_exact():
     info = check_space(load_space("search_spaces.default:curriculum_space"), BASE, "curriculum")
-    assert "temperature.lr" in info.params and info.points == [RECOMMENDED, FALLBACK_C]  # lr 0.05 pinned
+    assert "temperature.lr" in info.params  # lr 0.05 pinned in the known points
+    assert info.points == [{k: v for k, v in p.items() if k != "loss.divergence"} for p in (RECOMMENDED, FALLBACK_C)]
     default = check_space(load_space(None), BASE, "default")
     assert "temperature.lr" not in default.params
-    assert default.points == [{k: v for k, v in p.items() if k != "temperature.lr"} for p in KNOWN_POINTS]
+    assert default.points == [{k: v for k, v in p.items() if k not in ("temperature.lr", "loss.divergence")}
+                              for p in KNOWN_POINTS]
+
+
+def test_divergence_space_suggests_alpha_and_beta_only_for_their_divergence():
+    from ctkd_tune.config import DIVERGENCES
+
+    space = load_space("search_spaces.default:divergence_space")
+    info = check_space(space, BASE, "divergence")
+    assert {"loss.divergence", "loss.skew_alpha", "loss.jsd_beta"} <= set(info.params)
+    # the known points run first at forward KL: the plan's configurations, not a random divergence
+    assert info.points == [{k: v for k, v in p.items() if k != "temperature.lr"} for p in KNOWN_POINTS]
+    assert all(p["loss.divergence"] == "forward_kl" for p in info.points)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = set()
+    for _ in range(200):
+        trial = study.ask()
+        space(trial)
+        p = trial.params
+        seen.add(p["loss.divergence"])
+        assert ("loss.skew_alpha" in p) == (p["loss.divergence"] == "skew_kl")
+        assert ("loss.jsd_beta" in p) == (p["loss.divergence"] == "jsd")
+        cfg = trial_config(BASE.to_dict(), p)
+        assert 0 < cfg.loss.skew_alpha < 1 and 0 < cfg.loss.jsd_beta < 1
+        study.tell(trial, 0.0)
+    assert seen == set(DIVERGENCES)

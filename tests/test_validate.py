@@ -456,3 +456,35 @@ def test_validate_joins_the_cluster_given_by_address_before_writing(tmp_path, mo
         run_validation(exp, address="ray://head:10001")
     assert asked == ["ray://head:10001"]
     assert not (exp / "validation.json").exists() and not (exp / "validation.parquet").exists()
+
+
+def test_fallbacks_are_forward_kl_whatever_the_search_trained(tmp_path):
+    """Fallback A is forward KL at T = 2 as the plan defines it (B and C forward KL too): neither the searched
+    trials' divergence nor a base config's leaks into them; the searched arms and the ablation keep their own."""
+    from ctkd_tune.experiment import open_experiment
+    from ctkd_tune.validate import make_plan
+
+    knobs = [({"temperature.tau_max": 4.0, "loss.divergence": "reverse_kl"}, "completed", 250.0),
+             ({"temperature.tau_max": 6.0, "loss.divergence": "jsd", "loss.jsd_beta": 0.3}, "completed", 260.0)]
+    exp = fabricate_experiment(tmp_path / "div", knobs=knobs, with_study=False)
+    meta = json.loads((exp / "search.json").read_text())
+    meta["base"]["loss"]["divergence"] = "skew_kl"  # a search whose base config trains skew KL
+    (exp / "search.json").write_text(json.dumps(meta))
+    for with_base in (True, False):  # without search.json the fallbacks start from the best trial's config
+        if not with_base:
+            (exp / "search.json").unlink()
+        arms = {a["arm"]: a for a in make_plan(open_experiment(exp), 2, 1, None, "final", None)["arms"]}
+        for name in ("fallback_A", "fallback_B", "fallback_C"):
+            assert arms[name]["config"]["loss"]["divergence"] == "forward_kl", name
+        assert arms["fallback_A"]["config"]["temperature"]["fixed_value"] == 2.0
+        assert arms["fallback_A"]["label"] == "fixed T=2"
+        assert arms["trial-0"]["config"]["loss"]["divergence"] == "reverse_kl"
+        assert "reverse KL" in arms["trial-0"]["label"]
+        assert arms["trial-1"]["config"]["loss"]["jsd_beta"] == 0.3 and "JSD β 0.3" in arms["trial-1"]["label"]
+        assert arms["learnable"]["config"]["loss"]["divergence"] == "reverse_kl"  # the ablation of the best trial
+    # trials from before loss.divergence existed read as forward KL (the field's default), not as an error
+    trials = pd.read_parquet(exp / "trials.parquet").drop(columns=["loss.divergence", "loss.skew_alpha",
+                                                                   "loss.jsd_beta"])
+    trials.to_parquet(exp / "trials.parquet")
+    arms = {a["arm"]: a for a in make_plan(open_experiment(exp), 1, 1, None, "final", None)["arms"]}
+    assert arms["trial-0"]["config"]["loss"]["divergence"] == "forward_kl"
