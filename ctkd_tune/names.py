@@ -29,6 +29,7 @@ def _num(value: Any) -> str:
 # (config key, how it reads in a name); knobs absent from the params are left out.
 _PARTS: list[tuple[tuple[str, ...], Callable[..., str]]] = [
     (("temperature.mode",), lambda mode: mode),
+    (("loss.divergence",), lambda d: _DIVERGENCES.get(d, d)),
     (("schedule.type",), lambda kind: kind),
     (("temperature.tau_min", "temperature.tau_max"), lambda lo, hi: f"tau{_num(lo)}-{_num(hi)}"),
     (("temperature.fixed_value",), lambda tau: f"tau{_num(tau)}"),
@@ -36,6 +37,7 @@ _PARTS: list[tuple[tuple[str, ...], Callable[..., str]]] = [
     (("temperature.granularity",), lambda g: "tok" if g == "token" else ""),
 ]
 _ASCII = {"τ": "tau", "λ": "lam"}
+_DIVERGENCES = {"forward_kl": "fkl", "reverse_kl": "rkl", "skew_kl": "skl", "jsd": "jsd"}
 
 
 def trial_name(number: int | None, params: dict[str, Any]) -> str:

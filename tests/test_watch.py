@@ -29,6 +29,7 @@ def test_trial_name_reads_the_knobs_and_is_safe_everywhere():
     token = trial_name(12, {**PARAMS, "schedule.type": "exp", "temperature.granularity": "token",
                             "temperature.tau_min": 0.734, "schedule.lambda_max": 0.0512})
     assert token == "t12-exp-tau0.73-5.0-lam0.051-tok"
+    assert trial_name(4, {**PARAMS, "loss.divergence": "reverse_kl"}) == "t04-rkl-cosine-tau1.0-5.0-lam0.5"
     for n in (name, token, trial_name(3, {"weird key/..": "x y"})):
         assert n == path_name(n) and n.isascii() and "/" not in n and len(n) <= 100
 
