@@ -30,13 +30,14 @@ METHODS = {"tpe+asha": ("tpe", "asha"), "random": ("random", "none")}
 
 
 def run_one(cfg, method: str, seed: int, args, root: Path) -> dict:
-    from ctkd_tune.search import run_search
+    from ctkd_tune.search import SearchSettings, run_search
 
     sampler, scheduler = METHODS[method]
     tic = time.perf_counter()
-    result = run_search(cfg, name=f"{method.replace('+', '-')}-seed{seed}", num_samples=args.num_samples,
-                        max_concurrent=args.max_concurrent, cpus_per_trial=1, results_root=root, seed=seed,
-                        sampler=sampler, scheduler=scheduler, points=None if args.known_points else [], verbose=0)
+    result = run_search(cfg, SearchSettings(
+        name=f"{method.replace('+', '-')}-seed{seed}", num_samples=args.num_samples, max_concurrent=args.max_concurrent,
+        cpus_per_trial=1, results_root=root, seed=seed, sampler=sampler, scheduler=scheduler,
+        points=None if args.known_points else [], verbose=0))
     counts = result.trials["status"].value_counts().to_dict()
     return {"method": method, "seed": seed, "trials": result.trials, "curves": result.curves,
             "wall_s": time.perf_counter() - tic, "counts": counts}

@@ -39,13 +39,13 @@ def bare_run(cfg, threads: int) -> tuple[float, float]:
 
 
 def ray_run(cfg, threads: int, root: Path, index: int) -> tuple[float, float, float]:
-    from ctkd_tune.search import run_search
+    from ctkd_tune.search import SearchSettings, run_search
 
     space = root / "one_point.yaml"
     space.write_text(f"schedule.type: {{type: categorical, choices: [{cfg.schedule.type}]}}\n")  # = the base config
     tic = time.perf_counter()
-    result = run_search(cfg, space=str(space), name=f"overhead{index}", num_samples=1, results_root=root,
-                        cpus_per_trial=threads, points=[], verbose=0)
+    result = run_search(cfg, SearchSettings(space=str(space), name=f"overhead{index}", num_samples=1,
+                                            results_root=root, cpus_per_trial=threads, points=[], verbose=0))
     total = time.perf_counter() - tic
     row = result.trials.iloc[0]
     assert row["status"] == "completed", row["stop_reason"]

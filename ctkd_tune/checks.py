@@ -40,8 +40,29 @@ def temperature_runaway(history: list[dict[str, Any]], cfg: Config) -> bool:
     tail = [row["ctkd/temperature"] for row in history if row["step"] > tail_start and "ctkd/temperature" in row]
     if not tail:
         return False
+    return all(at_bound(v, cfg) == "upper" for v in tail) or all(at_bound(v, cfg) == "lower" for v in tail)
+
+
+def at_bound(tau: float, cfg: Config) -> str | None:
+    """"upper" or "lower" if τ lies within `checks.runaway_tolerance` of the range from that bound, else None."""
+    t = cfg.temperature
     margin = cfg.checks.runaway_tolerance * (t.tau_max - t.tau_min)
-    return all(v >= t.tau_max - margin for v in tail) or all(v <= t.tau_min + margin for v in tail)
+    return "upper" if tau >= t.tau_max - margin else "lower" if tau <= t.tau_min + margin else None
+
+
+class RunawayCounter:
+    """Consecutive evaluations, once λ > 0, with the (mean) temperature at a bound (`at_bound`): a search stops a
+    trial on it early, where `temperature_runaway` judges a finished run's last 10%."""
+
+    def __init__(self, cfg: Config):
+        self.cfg, self.count = cfg, 0
+
+    def update(self, metrics: dict[str, Any]) -> int:
+        tau, t = metrics.get("ctkd/temperature"), self.cfg.temperature
+        # the temperature moves under plain minimisation always, under CTKD only once λ > 0
+        moving = t.learned and (not t.adversarial or metrics.get("ctkd/lambda", 0.0) > 0)
+        self.count = self.count + 1 if moving and tau is not None and at_bound(tau, self.cfg) else 0
+        return self.count
 
 
 def drift_shares(history: list[dict[str, Any]], cfg: Config) -> tuple[float, float] | None:

@@ -73,18 +73,21 @@ def cmd_search(args: argparse.Namespace) -> int:
         submit(args.argv, args.name, args.results_dir, args.address)
         return 0
     client_auth_from_env(args.address)  # before Ray is imported: a ray:// client must know to send its token
-    from ctkd_tune.search import base_config, run_search  # imports Ray: only this command needs it
+    from ctkd_tune.search import SearchSettings, base_config, run_search  # imports Ray: only this command needs it
 
     given = args.config or args.preset or args.overrides  # none: the experiment's own config, or the default
     if args.dry_run:
         return _dry_run(args, base_config(args.config, args.preset, args.overrides))
-    if args.resume and given:
-        raise ConfigError("--resume continues a search with its own config: drop --config/--preset/--set")
+    if (args.resume or args.rebuild_tables) and given:
+        raise ConfigError("--resume / --rebuild-tables use the search's own config: drop --config/--preset/--set")
     cfg = base_config(args.config, args.preset, args.overrides) if given else None
-    result = run_search(cfg, args.space, args.name, args.num_samples, args.max_concurrent, args.cpus_per_trial,
-                        args.gpus_per_trial, args.resume, args.address, args.storage_path, args.results_dir,
-                        args.seed, args.dashboard_host, sampler=args.sampler, scheduler=args.scheduler)
-    return 130 if result.interrupted else 0
+    settings = SearchSettings(name=args.name, space=args.space, num_samples=args.num_samples,
+                              max_concurrent=args.max_concurrent, cpus_per_trial=args.cpus_per_trial,
+                              gpus_per_trial=args.gpus_per_trial, address=args.address,
+                              storage_path=args.storage_path, results_root=args.results_dir, seed=args.seed,
+                              dashboard_host=args.dashboard_host, sampler=args.sampler, scheduler=args.scheduler)
+    result = run_search(cfg, settings, resume=args.resume, rebuild_tables=args.rebuild_tables)
+    return 130 if result.interrupted and not args.rebuild_tables else 0
 
 
 def _dry_run(args: argparse.Namespace, cfg) -> int:
@@ -167,6 +170,8 @@ def _search_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs per trial (fractions allowed)")
     p.add_argument("--gpus-per-trial", type=float, default=0.0, help="GPUs per trial (fractions allowed)")
     p.add_argument("--resume", action="store_true", help="continue the interrupted search --name")
+    p.add_argument("--rebuild-tables", action="store_true",
+                   help="rewrite trials.parquet and curves.parquet of --name from its study and trial folders")
     p.add_argument("--address",
                    help="existing Ray cluster: auto or ray://HOST:PORT (default: RAY_ADDRESS, else start one here)")
     p.add_argument("--storage-path", help="Ray's trial storage shared by all nodes: path, NFS or s3://")
@@ -250,6 +255,12 @@ def main(argv: list[str] | None = None) -> int:
         message = str(err).splitlines()[0] if str(err) else type(err).__name__
         print(f"ctkd-tune: error: {message}", file=sys.stderr)
         return 2
+    except OSError as err:  # a full disk, a read-only folder: name the path; what was written before is intact
+        if os.environ.get("CTKD_TUNE_DEBUG"):
+            raise
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"ctkd-tune: error: {where}{err.strerror or err}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("ctkd-tune: interrupted (resume with --resume)", file=sys.stderr)
         return 130

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -320,6 +321,9 @@ def validate(cfg: Config) -> None:
         raise ConfigError("checks.* must be positive (runaway_tolerance in [0, 0.5))")
     if not 0 < c.drift_share <= 1:
         raise ConfigError(f"checks.drift_share must be in (0, 1], got {c.drift_share}")
+    for name, value in cfg.flat().items():  # inf (and nan) pass some of the comparisons above: refuse them here
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{name} must be a finite number, got {value}")
 
 
 def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:

@@ -63,21 +63,39 @@ def _documents(entry: str | Path, text_column: str) -> Iterator[str]:
     if isinstance(entry, str):
         yield from corpus_documents(entry.removeprefix("builtin:"))
     elif entry.suffix == ".txt":
-        yield entry.read_text(encoding="utf-8")
+        try:
+            yield entry.read_text(encoding="utf-8")
+        except UnicodeDecodeError as err:
+            raise ValueError(f"{entry}: not UTF-8 text (byte {err.start})") from None
     elif entry.suffix == ".jsonl":
         with open(entry, encoding="utf-8") as f:
             for lineno, line in enumerate(f, 1):
                 if line.strip():
-                    row = json.loads(line)
-                    if text_column not in row:
+                    try:
+                        row = json.loads(line)
+                    except ValueError as err:
+                        raise ValueError(f"{entry} line {lineno}: not valid JSON ({err})") from None
+                    if not isinstance(row, dict) or text_column not in row:
                         raise ValueError(f"text column {text_column!r} missing in {entry} line {lineno}")
-                    if row[text_column]:
-                        yield row[text_column]
+                    text = row[text_column]
+                    if text is not None and not isinstance(text, str):
+                        raise ValueError(f"{entry} line {lineno}: text column {text_column!r} holds a "
+                                         f"{type(text).__name__}, not a string")
+                    if text:
+                        yield text
     else:
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
-        if text_column not in pq.read_schema(entry).names:
+        try:
+            schema = pq.read_schema(entry)
+        except Exception as err:  # pyarrow raises several types for a truncated or foreign file
+            raise ValueError(f"{entry}: unreadable Parquet file ({type(err).__name__})") from None
+        if text_column not in schema.names:
             raise ValueError(f"text column {text_column!r} missing in {entry}")
+        kind = schema.field(text_column).type
+        if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+            raise ValueError(f"{entry}: text column {text_column!r} holds {kind} values, not strings")
         yield from (t for t in pq.read_table(entry, columns=[text_column]).column(text_column).to_pylist() if t)
 
 

@@ -32,8 +32,8 @@ from ctkd_tune.config import Config, ConfigError
 from ctkd_tune.ctkd import lambda_at
 from ctkd_tune.losses import kd_loss
 from ctkd_tune.data import TokenData, eval_batches, get_batch, load_tokens, resolve_source, split_tokens
-from ctkd_tune.models import Teacher, check_model_paths, check_same_vocabulary, load_student, load_teacher, \
-    resolve_device
+from ctkd_tune.models import Teacher, check_context, check_model_paths, check_same_vocabulary, load_student, \
+    load_teacher, resolve_device
 from ctkd_tune.teacher_states import TeacherOutputs
 from ctkd_tune.temperature import Temperature, temperature_stats
 
@@ -77,6 +77,7 @@ def prepare(cfg: Config) -> Setup:
     data = split_tokens(tokens, cfg.data.val_fraction, cfg.data.block_size, vocab_size=vocab_size)
     student = load_student(cfg.model, teacher_model, tokenizer, device, seed=cfg.train.resolved_init_seed)
     check_same_vocabulary(tokenizer, None, teacher_model, student)
+    check_context(cfg.data.block_size, teacher=teacher_model, student=student)
     teacher = Teacher(teacher_model, with_hidden=cfg.loss.align_weight > 0)
     return Setup(teacher, student, tokenizer, data, device)
 

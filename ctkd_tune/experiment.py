@@ -5,13 +5,15 @@
     exp.validation                                 # validation.parquet, if `ctkd-tune validate` ran
 
 Every problem is found here, before anything is written: a missing folder, no trials.parquet, an unreadable or
-empty table, no completed trial.
+empty table (with the command that rebuilds it), no completed trial. A search that did not finish (interrupted, or
+killed) is used for what it finished, with a note saying how to continue it.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -72,17 +74,35 @@ def open_experiment(path: str | Path) -> Experiment:
     curves = read_table(directory / CURVES)
     exp = Experiment(directory.resolve(), directory.resolve().name, trials,
                      curves if curves is not None else pd.DataFrame(), read_table(directory / VALIDATION))
+    unfinished = int(trials["status"].isin(["interrupted", "running"]).sum())
     if not len(exp.completed):
         counts = ", ".join(f"{n} {s}" for s, n in trials["status"].value_counts().items())
-        raise ConfigError(f"--experiment {path}: no completed trials ({counts})")
+        raise ConfigError(f"--experiment {path}: no completed trials ({counts})"
+                          + (f"; continue the search with `{resume_command(exp.directory)}`" if unfinished else ""))
+    if unfinished:
+        print(f"ctkd-tune: note: search {exp.name} did not finish ({unfinished} trials interrupted or still running):"
+              f" using its {len(exp.completed)} completed trials; continue it with `{resume_command(exp.directory)}`",
+              file=sys.stderr)
     return exp
+
+
+def resume_command(directory: Path) -> str:
+    """The command that continues the search whose results are in `directory` (results/NAME)."""
+    where = "" if directory.parent == Path("results").resolve() else f" --results-dir {directory.parent}"
+    return f"ctkd-tune search --name {directory.name} --resume{where}"
 
 
 def read_table(path: Path, required: bool = False):
     """A Parquet file as a DataFrame; None if absent (ConfigError if `required`, or if unreadable)."""
     import pandas as pd
 
+    search = (path.parent / "search.json").is_file() and path.name in (TRIALS, CURVES)
+    rebuild = f"ctkd-tune search --name {path.parent.name} --rebuild-tables" + (
+        "" if path.parent.parent.resolve() == Path("results").resolve() else f" --results-dir {path.parent.parent}")
     if not path.is_file():
+        if required and search:
+            raise ConfigError(f"--experiment {path.parent}: no {path.name} yet: the search has not finished a trial"
+                              f" (continue it with `{resume_command(path.parent.resolve())}`, or `{rebuild}`)")
         if required:
             raise ConfigError(f"--experiment {path.parent}: no {path.name} (is it a results/NAME folder of "
                               "`ctkd-tune search`?)")
@@ -90,7 +110,8 @@ def read_table(path: Path, required: bool = False):
     try:
         return pd.read_parquet(path)
     except Exception as err:  # pyarrow raises several types for a truncated or foreign file
-        raise ConfigError(f"{path}: unreadable Parquet file ({type(err).__name__})") from None
+        hint = f"; rebuild it with `{rebuild}`" if search else ""
+        raise ConfigError(f"{path}: unreadable Parquet file ({type(err).__name__}){hint}") from None
 
 
 def read_rows(path: Path) -> list[dict[str, Any]]:

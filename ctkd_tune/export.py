@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import platform
 import shutil
 import subprocess
@@ -100,6 +101,11 @@ def export(experiment: str | Path, fmt: str = "yaml", output: str | Path | None 
         if student_dest.exists() and any(student_dest.iterdir()):
             raise ConfigError(f"--with-student {student_dest}: not empty")
     path = Path(output) if output else exp.directory / f"recommended.{fmt}"
+    if output and (path.is_dir() or str(output).endswith(("/", os.sep))):  # a folder: the file goes inside
+        path = path / f"recommended.{fmt}"
+    if path.is_dir() or any(p.exists() and not p.is_dir() for p in path.parents):
+        raise ConfigError(f"--output {output}: cannot write {path} (a folder is in the way, or a file where a folder "
+                          "should be)")
     command = f"ctkd-tune distill --config {path} --output runs/{exp.name}-recommended"
     provenance = {"run_with": command, **rec.provenance, "exported_at": datetime.now(timezone.utc).isoformat(
         timespec="seconds"), "versions": versions(), "git_commit": git_commit(),

@@ -1,8 +1,10 @@
 """Atomic file writes: a crash mid-write never leaves a half-written result behind.
 
 Every writer goes to a temporary file in the destination folder and then `os.replace`s it into place, which is
-atomic on POSIX file systems. The file gets the permissions a plain `open(path, "w")` would give (0666 less the
-umask): a temporary file is private (0600), which left report.html unreadable to others next to its PNGs.
+atomic on POSIX file systems. A failed write (a full disk) removes the temporary file, leaves the previous
+version of the destination intact, and raises OSError with the destination as its filename. The file gets the
+permissions a plain `open(path, "w")` would give (0666 less the umask): a temporary file is private (0600),
+which left report.html unreadable to others next to its PNGs.
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ def _atomic(path: str | Path, write: Callable[[str], None]) -> Path:
         write(tmp)
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
+    except OSError as err:  # a full disk, say: the error names the file we were writing, not the temporary one
+        Path(tmp).unlink(missing_ok=True)
+        raise OSError(err.errno, err.strerror or str(err), str(path)) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

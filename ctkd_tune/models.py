@@ -168,3 +168,14 @@ def check_same_vocabulary(teacher_tokenizer, student_tokenizer, teacher: nn.Modu
                           "they must share a tokenizer")
     if student_tokenizer is not None and teacher_tokenizer.get_vocab() != student_tokenizer.get_vocab():
         raise ConfigError("teacher and student tokenizers differ: distillation needs the same token ids")
+
+
+def check_context(block_size: int, **models: nn.Module) -> None:
+    """ConfigError if `data.block_size` exceeds a model's context length (its position embeddings would index past
+    their end), e.g. check_context(cfg.data.block_size, teacher=teacher, student=student)."""
+    for role, model in models.items():
+        config = model.config
+        context = next((getattr(config, key) for key in ("max_position_embeddings", "n_positions", "n_ctx")
+                        if isinstance(getattr(config, key, None), int)), None)
+        if context is not None and block_size > context:
+            raise ConfigError(f"data.block_size {block_size} exceeds the {role}'s context length {context}")

@@ -3,7 +3,12 @@
     client_auth_from_env("ray://head:10001")    # before Ray is imported (the CLI does it)
     started, context = connect(address, include_dashboard=False)   # local kwargs only apply to a new Ray
     ...
-    if started: ray.shutdown()
+    disconnect(started, logs_to=Path("results/NAME/logs"))   # a local Ray: its session folder goes, logs kept
+    cfg = worker_setup(cfg)                    # first thing in a Ray worker (trial or validation run)
+
+A new local Ray binds every port (GCS, raylet, workers, dashboard agent, metrics export) to 127.0.0.1: Ray
+takes its node IP from `RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0` (loopback), and binds the metrics endpoint to
+localhost when the node IP is. Only the dashboard's own host is the caller's choice (--dashboard-host).
 
 A cluster started by `ray start` or a new local `ray.init` has token authentication on. A ray:// client sends its
 token only when RAY_AUTH_MODE=token is in its environment when Ray is imported; otherwise the client server turns
@@ -14,13 +19,15 @@ what to check. Auth is never turned off here.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
 
-from ctkd_tune.config import ConfigError
+from ctkd_tune.config import Config, ConfigError
 
 FORWARDED_ENV = ("CTKD_TUNE_CACHE", "RAY_CHDIR_TO_TRIAL_DIR", "RAY_AIR_NEW_OUTPUT",
                  "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S")
@@ -36,6 +43,10 @@ def client_auth_from_env(address: str | None) -> None:
         os.environ["RAY_AUTH_MODE"] = "token"
 
 
+LOCAL_ONLY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+"""A local Ray's node IP is 127.0.0.1 with this (read by Ray at import, so also set on the imported module)."""
+
+
 def connect(address: str | None, **local: Any) -> tuple[bool, Any]:
     """Join `address` (or RAY_ADDRESS), else start a local Ray with the keyword arguments `local`.
 
@@ -48,6 +59,10 @@ def connect(address: str | None, **local: Any) -> tuple[bool, Any]:
     env = {key: os.environ[key] for key in FORWARDED_ENV if key in os.environ}
     address = address or os.environ.get("RAY_ADDRESS") or None
     if not address:
+        from ray._private import ray_constants
+
+        os.environ.update(LOCAL_ONLY_ENV)
+        ray_constants.ENABLE_RAY_CLUSTER = False  # what the variable means, for a Ray imported before we set it
         return True, ray.init(logging_level=logging.WARNING, runtime_env={"env_vars": env}, **local)
     print(f"ctkd-tune: connecting to the Ray cluster at {address}")
     try:
@@ -60,3 +75,69 @@ def connect(address: str | None, **local: Any) -> tuple[bool, Any]:
                     "RAY_AUTH_TOKEN or ~/.ray/auth_token (`ray get-auth-token` on the head node)")
         raise ConfigError(f"--address {address}: cannot connect to Ray ({type(err).__name__}: "
                           f"{lines[0][:200] if lines else 'no detail'}){hint}") from None
+
+
+def disconnect(started: bool, logs_to: Path | None = None) -> None:
+    """Shut down a Ray this process started or joined; for a local Ray, copy its logs to `logs_to` (if given)
+    and remove its session folder (/tmp/ray/session_*), which Ray leaves behind."""
+    import ray
+
+    if not started:
+        return
+    node = ray._private.worker._global_node
+    session = Path(node.get_session_dir_path()) if node is not None and node.head else None
+    ray.shutdown()
+    if session is None or not session.is_dir():
+        return
+    if logs_to is not None and (session / "logs").is_dir():
+        shutil.copytree(session / "logs", logs_to, dirs_exist_ok=True,
+                        ignore=shutil.ignore_patterns("events", "*.sock", "old"))
+    shutil.rmtree(session, ignore_errors=True)
+    latest = session.parent / "session_latest"
+    if latest.is_symlink() and Path(os.readlink(latest)) in (session, Path(session.name)):
+        latest.unlink(missing_ok=True)
+
+
+def worker_setup(cfg: Config) -> Config:
+    """First thing in a Ray worker: quiet progress bars, CPU unless Ray assigned a GPU (a CPU trial never takes a
+    GPU another trial was given), torch threads = the CPUs Ray assigned (or train.threads). A new Config."""
+    import ray
+    import torch
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    if cfg.train.device == "auto" and not ray.get_gpu_ids():
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, device="cpu"))
+    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
+    torch.set_num_threads(cfg.train.threads or max(1, int(cpus)))
+    return cfg
+
+
+def check_local_resources(cpus_per_trial: float, gpus_per_trial: float) -> None:
+    """A local search: the request against this machine, before Ray starts (a cluster is checked once joined)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if cpus_per_trial > cpus:
+        raise ConfigError(f"--cpus-per-trial must be in (0, {cpus}] (this machine's CPUs), got {cpus_per_trial:g}")
+    if gpus_per_trial > 0:
+        import torch
+
+        gpus = torch.cuda.device_count()
+        if gpus_per_trial > gpus:
+            raise ConfigError(f"--gpus-per-trial {gpus_per_trial:g} but this machine has {gpus} GPUs")
+
+
+def trials_that_fit(cpus_per_trial: float, gpus_per_trial: float) -> int:
+    """How many trials the joined cluster runs at once; ConfigError if not even one fits."""
+    import ray
+
+    resources = ray.cluster_resources()
+    cpus = resources.get("CPU", 1.0)
+    if cpus_per_trial <= 0 or cpus_per_trial > cpus:
+        raise ConfigError(f"--cpus-per-trial must be in (0, {cpus:g}] (the cluster's CPUs), got {cpus_per_trial}")
+    limit = int(cpus // cpus_per_trial)
+    if gpus_per_trial > 0:
+        gpus = resources.get("GPU", 0.0)
+        if gpus_per_trial > gpus:
+            raise ConfigError(f"--gpus-per-trial {gpus_per_trial} but the cluster has {gpus:g} GPUs")
+        limit = min(limit, int(gpus // gpus_per_trial))
+    return max(1, limit)

@@ -10,7 +10,8 @@
 
 Status of a trial: completed (ran to train.steps) | pruned (stopped early by ASHA) | diverged (non-finite loss,
 val/ppl above the threshold, or temperature runaway; stop_reason says which) | error (the trial raised) |
-interrupted (the search stopped before the trial ended; `--resume` continues it). `trial_outcome` is the one
+interrupted (the search stopped before the trial ended; `--resume` continues it) | running (the tables were
+written while the search ran: they are refreshed as trials end and at least every minute). `trial_outcome` is the one
 place that decides it: the searcher tells Optuna the same verdict (COMPLETE | PRUNED | FAIL) and the divergence
 stopper stops on it. A diverged trial's last report carries status "diverged" and, as a finite stand-in for its
 perplexity, the vocabulary size (a uniform guess); final/best val/ppl only use real evaluations. No table holds NaN.
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -37,7 +39,7 @@ TRIAL_KEYS = ["trial", "trial_id", "optuna_trial", "optuna_state", "run", "statu
               "best_val_ppl", "best_step", "final_val_kl", "final_top1_agreement", "final_temperature", "final_lambda",
               "temperature_drift", "steps", "wall_time_s", "path", "params"]  # then the config's dotted keys
 CURVE_KEYS = ["trial", "trial_id", "optuna_trial", "step", "status", *CURVE_METRICS]
-STATUSES = ("completed", "pruned", "diverged", "error", "interrupted")
+STATUSES = ("completed", "pruned", "diverged", "error", "interrupted", "running")
 
 
 def divergence_reason(result: dict[str, Any], ppl_threshold: float, runaway_patience: int) -> str | None:
@@ -71,27 +73,75 @@ def trial_outcome(result: dict[str, Any] | None, error: bool, ppl_threshold: flo
 
 # --- building the tables -----------------------------------------------------------------------------------------
 
-def build_tables(results: Iterable[Any], base: dict[str, Any], *, ppl_threshold: float, runaway_patience: int,
-                 optuna_states: dict[int, str] | None = None, run: str = "") -> tuple[list[dict], list[dict]]:
-    """ResultGrid (result.metrics / metrics_dataframe / config / error / path) → (trial rows, curve rows)."""
-    from search_spaces import trial_config
+@dataclass
+class TrialRecord:
+    """What the tables need of one Tune trial, wherever it comes from (a ResultGrid, a live Trial, its folder)."""
+    config: dict[str, Any]  # the searcher's params (and OPTUNA_TRIAL_KEY)
+    metrics: dict[str, Any]  # the last report
+    reports: list[dict[str, Any]]  # every report, in order
+    error: str | None  # the first line of the error, if the trial raised
+    path: str
+
+
+def record_from_result(result) -> TrialRecord:
+    """A ray.tune.Result → TrialRecord."""
+    frame = result.metrics_dataframe
+    reports = frame.to_dict("records") if frame is not None and len(frame) else []
+    return TrialRecord(dict(result.config or {}), dict(result.metrics or {}), reports,
+                       None if result.error is None else _first_line(result.error), str(result.path))
+
+
+def record_from_dir(path: str | Path, error: bool = False) -> TrialRecord | None:
+    """A Tune trial folder (params.json, result.json: one JSON report per line) → TrialRecord; None if no params.
+
+    A line cut short by a crash is skipped. `error`: the trial raised (its error.txt gives the line)."""
+    path = Path(path)
+    try:
+        config = json.loads((path / "params.json").read_text())
+    except (OSError, ValueError):
+        return None
+    reports = []
+    if (path / "result.json").is_file():
+        for line in (path / "result.json").read_text().splitlines():
+            try:
+                report = json.loads(line)
+            except ValueError:
+                continue
+            report.pop("config", None)
+            reports.append(report)
+    message = None
+    if error:
+        text = (path / "error.txt").read_text() if (path / "error.txt").is_file() else ""
+        message = next((l for l in reversed(text.splitlines()) if l.strip() and not l.startswith(" ")), "error")
+    return TrialRecord(config, reports[-1] if reports else {}, reports, message, str(path))
+
+
+def build_tables(records: Iterable[Any], base: dict[str, Any], *, ppl_threshold: float,
+                 runaway_patience: int, optuna_states: dict[int, str] | None = None, run: str = "",
+                 live: bool = False) -> tuple[list[dict], list[dict]]:
+    """Trial records (or Ray Tune Results) → (trial rows, curve rows). A trial the study holds as unfinished is "running" while the
+    search runs (`live`), else "interrupted"."""
+    from ctkd_tune.spaces import trial_config
 
     optuna_states = optuna_states or {}
     trials, curves = [], []
-    for result in results:
-        params = dict(result.config or {})
+    for record in records:
+        if not isinstance(record, TrialRecord):  # a ray.tune.Result
+            record = record_from_result(record)
+        params = dict(record.config or {})
         number = params.pop(OPTUNA_TRIAL_KEY, None)
-        last = dict(result.metrics or {})
-        trial_id = last.get("trial_id") or Path(str(result.path)).name
-        reports = _reports(result.metrics_dataframe)
+        last = dict(record.metrics or {})
+        trial_id = last.get("trial_id") or Path(str(record.path)).name
+        reports = _reports(record.reports)
         evals = [r for r in reports if r.get("status") != "diverged" and _finite(r.get("val/ppl"))]
         best = min(evals, key=lambda r: r["val/ppl"]) if evals else {}
         state = optuna_states.get(number)
-        status, reason = trial_outcome(last, result.error is not None, ppl_threshold, runaway_patience)
-        if result.error is not None:
-            reason = _first_line(result.error)
+        status, reason = trial_outcome(last, record.error is not None, ppl_threshold, runaway_patience)
+        if record.error is not None:
+            reason = record.error
         elif state in ("RUNNING", "WAITING"):
-            status, reason = "interrupted", "the search stopped before this trial ended (continue with --resume)"
+            status, reason = (("running", "running when the tables were written") if live else
+                              ("interrupted", "the search stopped before this trial ended (continue with --resume)"))
         name = trial_name(number, params) if number is not None else str(trial_id)  # as in the live table
         row = {
             "trial": name, "trial_id": trial_id, "optuna_trial": number, "optuna_state": state, "run": run,
@@ -101,7 +151,7 @@ def build_tables(results: Iterable[Any], base: dict[str, Any], *, ppl_threshold:
             "final_val_kl": evals[-1].get("val/kl") if evals else None,
             "final_top1_agreement": evals[-1].get("val/top1_agreement") if evals else None,
             "final_temperature": last.get("ctkd/temperature"), "final_lambda": last.get("ctkd/lambda"),
-            "steps": last.get("step", 0), "wall_time_s": last.get("wall_time_s"), "path": str(result.path),
+            "steps": last.get("step", 0), "wall_time_s": last.get("wall_time_s"), "path": str(record.path),
             "params": json.dumps(params, sort_keys=True),  # what the searcher chose; the rest is the base config
         }
         try:
@@ -118,21 +168,20 @@ def build_tables(results: Iterable[Any], base: dict[str, Any], *, ppl_threshold:
     return trials, curves
 
 
-def _reports(frame) -> list[dict[str, Any]]:
-    """Rows of a trial's metrics_dataframe that are our reports, one per (step, status), NaN cells dropped."""
-    if frame is None or len(frame) == 0 or "step" not in frame:
-        return []
+def _reports(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A trial's reports that are ours, one per (step, status), NaN cells dropped."""
     rows: dict[tuple, dict[str, Any]] = {}
-    for record in frame.to_dict("records"):
-        clean = {k: _plain(v) for k, v in record.items()}
+    for record in records:
+        clean = {k: _plain(v) for k, v in record.items() if not isinstance(v, (dict, list))}
         clean = {k: v for k, v in clean.items() if v is not None}
         if "step" in clean:  # a retried trial may report a step twice: keep the last
             rows[(clean["step"], clean.get("status"))] = clean
     return list(rows.values())
 
 
-def write_tables(directory: str | Path, trials: list[dict], curves: list[dict]) -> tuple[Any, Any]:
-    """Merge with the tables of earlier runs of the same experiment (by trial_id) and write both atomically."""
+def write_tables(directory: str | Path, trials: list[dict], curves: list[dict], merge: bool = True) -> tuple[Any, Any]:
+    """Merge with the tables on disk (earlier runs of the experiment; by trial_id) and write both atomically;
+    `merge=False` replaces them (a rebuild)."""
     import pandas as pd
 
     directory = Path(directory)
@@ -140,7 +189,7 @@ def write_tables(directory: str | Path, trials: list[dict], curves: list[dict]) 
     for name, rows, sort in (("trials", trials, ["optuna_trial"]), ("curves", curves, ["optuna_trial", "step"])):
         new = _frame(rows) if rows else pd.DataFrame(columns=TRIAL_KEYS if name == "trials" else CURVE_KEYS)
         path = directory / f"{name}.parquet"
-        if path.is_file():
+        if merge and path.is_file():
             old = pd.read_parquet(path)
             if len(new):
                 old = old[~old["trial_id"].isin(set(new["trial_id"]))]

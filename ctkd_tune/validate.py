@@ -32,20 +32,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ctkd_tune.arms import FALLBACKS
 from ctkd_tune.config import Config, ConfigError, apply_overrides, from_dict
 from ctkd_tune.experiment import VALIDATION, VALIDATION_PLAN, Experiment, open_experiment, read_rows
 from ctkd_tune.io import atomic_write_json, atomic_write_text
 from ctkd_tune.validate_runs import execute, finished
 from ctkd_tune.verdict import REFERENCE_ARM, Resolve, Target, Verdict, format_table, judge_plan
-
-FALLBACKS = {  # arm: (kind, overrides of the search's base config); the plan's fallbacks are all forward KL
-    "fallback_A": ("fallback", {"temperature.mode": "fixed", "temperature.fixed_value": 2.0,
-                                "temperature.granularity": "global", "loss.divergence": "forward_kl"}),
-    "fallback_B": ("fallback", {"temperature.mode": "anneal", "temperature.anneal_start": 4.0,
-                                "temperature.anneal_end": 1.5, "temperature.granularity": "global",
-                                "loss.divergence": "forward_kl"}),
-    "fallback_C": ("fallback", {"temperature.mode": "ctkd", "loss.divergence": "forward_kl"}),  # + FALLBACK_C
-}
 
 
 @dataclass
@@ -104,8 +96,6 @@ def run_validation(experiment: str | Path, *, top_k: int | None = None, seeds: i
 def make_plan(exp: Experiment, top_k: int, n_seeds: int, steps: int | None, rank_by: str,
               target: Target | None) -> dict[str, Any]:
     """The arms and their configs: the top-K completed trials, the fallbacks and the ablation (validated)."""
-    from search_spaces.default import FALLBACK_C
-
     if top_k < 1 or n_seeds < 1 or (steps is not None and steps < 1):
         raise ConfigError("--top-k, --seeds and --steps must be >= 1")
     if rank_by not in ("final", "best"):
@@ -125,7 +115,6 @@ def make_plan(exp: Experiment, top_k: int, n_seeds: int, steps: int | None, rank
         arms.append(_arm(name, "search", f"search rank {rank}: {describe(cfg)}", cfg.to_dict(), rank,
                          trial_id=row["trial_id"], optuna_trial=row.get("optuna_trial"), search_val_ppl=row[column]))
     for order, (name, (kind, overrides)) in enumerate(FALLBACKS.items(), start=len(arms) + 1):
-        overrides = {**overrides, **(FALLBACK_C if name == "fallback_C" else {})}
         cfg = from_dict(apply_overrides(base, overrides))
         arms.append(_arm(name, kind, describe(cfg), cfg.to_dict(), order))
     ablation = from_dict(apply_overrides(best_cfg.to_dict(), {"temperature.mode": "learnable"}))

@@ -87,8 +87,9 @@ def execute(directory: Path, plan: dict[str, Any], todo: list, rows: list, curve
                 ray.cancel(ref, force=True)
             raise
     finally:
-        if started:
-            ray.shutdown()
+        from ctkd_tune.raycluster import disconnect
+
+        disconnect(started, logs_to=directory / "logs" / "validate")
 
 
 def _store_teacher_outputs(todo: list) -> None:
@@ -131,18 +132,10 @@ def _write(directory: Path, rows: list, curves: list) -> None:
 
 def _run_one(config: dict[str, Any], student_dir: str | None) -> dict[str, Any]:
     """One validation run (inside a Ray task): distill, summarise, keep the student if asked."""
-    import ray
-    import torch
-    from transformers.utils import logging as hf_logging
-
     from ctkd_tune.distill import distill, prepare
+    from ctkd_tune.raycluster import worker_setup
 
-    hf_logging.disable_progress_bar()
-    cfg = from_dict(config)
-    if cfg.train.device == "auto" and not ray.get_gpu_ids():
-        cfg.train.device = "cpu"  # never take a GPU Ray did not assign
-    torch.set_num_threads(cfg.train.threads or max(1, int(ray.get_runtime_context().get_assigned_resources()
-                                                           .get("CPU", 1))))
+    cfg = worker_setup(from_dict(config))
     setup = prepare(cfg)
     result = distill(cfg, lambda metrics, checkpoint: None, setup=setup, progress=False)
     if student_dir and result.history:

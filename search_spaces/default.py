@@ -14,21 +14,12 @@ A space only calls `trial.suggest_*`; parameter names are the config's dotted ke
 
 from __future__ import annotations
 
+from ctkd_tune.arms import FALLBACK_C, KNOWN_POINTS, RECOMMENDED  # noqa: F401 (the space's known points)
+
 TAU_MARGIN = 1.0
 """Smallest temperature range: a narrower one leaves the adversary nothing to choose."""
 TAU_INIT_INSET = 0.1
 """tau_init keeps this distance from both bounds (a start on a bound is a runaway from step 0)."""
-
-# Known configurations, evaluated first (points_to_evaluate).
-# The plan's recommended configuration; temperature.lr and loss.divergence are the config's defaults, for spaces
-# that search them (a space keeps only the keys it searches).
-RECOMMENDED = {
-    "temperature.tau_min": 1.0, "temperature.tau_max": 5.0, "temperature.tau_init": 2.0,
-    "schedule.lambda_max": 1.0, "schedule.warmup_ratio": 0.2, "schedule.type": "cosine",
-    "temperature.granularity": "global", "temperature.lr": 0.05, "loss.divergence": "forward_kl",
-}
-FALLBACK_C = {**RECOMMENDED, "schedule.lambda_max": 0.5, "schedule.warmup_ratio": 0.4}  # a gentler adversary
-KNOWN_POINTS = [RECOMMENDED, FALLBACK_C]
 
 
 def default_space(trial) -> None:

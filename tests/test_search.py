@@ -23,8 +23,8 @@ import sqlalchemy.exc
 
 from ctkd_tune.config import Config, ConfigError, load_config
 from ctkd_tune.results import STATUSES, config_from_row, search_progress, steps_to_target, trial_outcome
-from search_spaces import trial_config
-from search_spaces.default import FALLBACK_C, RECOMMENDED
+from ctkd_tune.arms import FALLBACK_C, RECOMMENDED
+from ctkd_tune.spaces import trial_config
 
 ray = pytest.importorskip("ray")
 
@@ -51,12 +51,12 @@ def base() -> Config:
 
 @pytest.fixture(scope="module")
 def search(ray_cluster, base, tmp_path_factory):
-    from ctkd_tune.search import run_search
+    from ctkd_tune.search import SearchSettings as S, run_search
 
     root = tmp_path_factory.mktemp("results")
     # ASHA aggressive enough to prune in a 4-trial search: rungs at steps 4 and 8
-    result = run_search(base, name="s", num_samples=4, results_root=root, grace_period=4, reduction_factor=2,
-                        verbose=0)
+    result = run_search(base, S(name="s", num_samples=4, results_root=root, grace_period=4, reduction_factor=2,
+                          verbose=0))
     return result, root
 
 
@@ -166,13 +166,13 @@ def test_searcher_tells_optuna_the_truth(last, error, state):
 # --- divergence ---------------------------------------------------------------------------------------------------
 
 def test_diverging_trials_are_recorded_with_a_reason(ray_cluster, base, tmp_path):
-    from ctkd_tune.search import run_search
+    from ctkd_tune.search import SearchSettings as S, run_search
 
     space = tmp_path / "lr.yaml"
     space.write_text("train.lr: {type: categorical, choices: [1.0, 100.0]}\n")
     # lr 1: val/ppl far above the threshold at the first evaluation; lr 100: a non-finite gradient at step 1-2
-    result = run_search(base, space=str(space), name="div", num_samples=2, results_root=tmp_path,
-                        points=[{"train.lr": 1.0}, {"train.lr": 100.0}], verbose=0)
+    result = run_search(base, S(space=str(space), name="div", num_samples=2, results_root=tmp_path,
+                          points=[{"train.lr": 1.0}, {"train.lr": 100.0}], verbose=0))
     trials = pd.read_parquet(result.directory / "trials.parquet").set_index("train.lr")
     assert list(trials["status"]) == ["diverged", "diverged"]
     assert "above the divergence threshold" in trials.loc[1.0, "stop_reason"]
@@ -188,7 +188,7 @@ def test_diverging_trials_are_recorded_with_a_reason(ray_cluster, base, tmp_path
 # --- resume and extension -----------------------------------------------------------------------------------------
 
 def test_resume_after_ctrl_c_runs_no_trial_twice(ray_cluster, tmp_path):
-    from ctkd_tune.search import run_search
+    from ctkd_tune.search import SearchSettings as S, run_search
 
     # trials of ~5 s (800 tiny steps, a checkpoint every 20), one at a time: a wide window to interrupt in
     sets = ["train.steps=800", "train.eval_every=20", "train.eval_batches=1"]
@@ -220,7 +220,7 @@ def test_resume_after_ctrl_c_runs_no_trial_twice(ray_cluster, tmp_path):
     assert (before["status"] != "interrupted").any()
     finished = before[before["status"] != "interrupted"].iloc[0]
 
-    result = run_search(None, name="r", resume=True, results_root=tmp_path, verbose=0)
+    result = run_search(None, S(name="r", results_root=tmp_path, verbose=0), resume=True)
     after = result.trials
     assert len(after) == 3 and after["trial_id"].is_unique and after["optuna_trial"].is_unique
     assert "interrupted" not in set(after["status"])
@@ -236,12 +236,12 @@ def test_resume_after_ctrl_c_runs_no_trial_twice(ray_cluster, tmp_path):
 
 
 def test_a_second_run_adds_trials_to_the_same_study(search, tmp_path):
-    from ctkd_tune.search import run_search
+    from ctkd_tune.search import SearchSettings as S, run_search
 
     result, root = search
     shutil.copytree(result.directory, tmp_path / "s", ignore=shutil.ignore_patterns("ray"))
     # as `ctkd-tune search --name s --num-samples 2`: the experiment's own base config and space
-    again = run_search(None, name="s", num_samples=2, results_root=tmp_path, grace_period=4, verbose=0)
+    again = run_search(None, S(name="s", num_samples=2, results_root=tmp_path, grace_period=4, verbose=0))
     study = _study(again.directory, "s")
     assert len(study.trials) == 6 and all(t.state.is_finished() for t in study.trials)
     assert all(t.params not in (RECOMMENDED, FALLBACK_C) for t in study.trials[4:])  # points are not re-enqueued
@@ -249,26 +249,26 @@ def test_a_second_run_adds_trials_to_the_same_study(search, tmp_path):
     assert list(trials["optuna_trial"]) == list(range(6)) and trials["trial_id"].is_unique
     assert list(trials["run"]) == ["s-run1"] * 4 + ["s-run2"] * 2
     with pytest.raises(Exception, match="another base config"):
-        run_search(load_config(preset="tiny"), name="s", num_samples=1, results_root=tmp_path)
+        run_search(load_config(preset="tiny"), S(name="s", num_samples=1, results_root=tmp_path))
 
 
 # --- the baseline of the efficiency benchmark: random search, no early stopping ----------------------------------
 
 def test_random_search_without_early_stopping_runs_every_trial_to_the_end(ray_cluster, base, tmp_path):
-    from ctkd_tune.search import run_search
+    from ctkd_tune.search import SearchSettings as S, run_search
 
     # grace period 4 would prune at step 4 or 8 under ASHA (as in the `search` fixture); without a scheduler none is
-    result = run_search(base, name="rand", num_samples=3, results_root=tmp_path, grace_period=4, seed=3,
-                        sampler="random", scheduler="none", points=[], verbose=0)
+    result = run_search(base, S(name="rand", num_samples=3, results_root=tmp_path, grace_period=4, seed=3,
+                          sampler="random", scheduler="none", points=[], verbose=0))
     trials, curves = result.trials, result.curves
     assert list(trials["status"]) == ["completed"] * 3 and (trials["steps"] == base.train.steps).all()
     settings = json.loads((result.directory / "search.json").read_text())["settings"]
     assert (settings["sampler"], settings["scheduler"]) == ("random", "none")
     # random sampling with seed 3 proposes what optuna's RandomSampler(3) proposes on the same space
-    from search_spaces import load_space
+    from ctkd_tune.spaces import load_space
 
     replay = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=3))
-    replay.optimize(lambda t: load_space(None)(t) or 0.0, n_trials=3)
+    replay.optimize(lambda t: load_space("search_spaces.default:default_space")(t) or 0.0, n_trials=3)
     assert [t.params for t in _study(result.directory, "rand").trials] == [t.params for t in replay.trials]
     steps, total = steps_to_target(trials, curves, trials["final_val_ppl"].min())
     assert total == 3 * base.train.steps and base.train.steps <= steps <= total
@@ -277,12 +277,12 @@ def test_random_search_without_early_stopping_runs_every_trial_to_the_end(ray_cl
 
 
 def test_unknown_sampler_or_scheduler_is_an_error_before_ray(base, tmp_path):
-    from ctkd_tune.search import run_search
+    from ctkd_tune.search import SearchSettings as S, run_search
 
     with pytest.raises(ConfigError, match="--sampler must be one of tpe, random, got 'grid'"):
-        run_search(base, name="x", results_root=tmp_path, sampler="grid")
+        run_search(base, S(name="x", results_root=tmp_path, sampler="grid"))
     with pytest.raises(ConfigError, match="--scheduler must be one of asha, none"):
-        run_search(base, name="x", results_root=tmp_path, scheduler="hyperband")
+        run_search(base, S(name="x", results_root=tmp_path, scheduler="hyperband"))
     assert not (tmp_path / "x" / "search.json").exists()
 
 

@@ -412,7 +412,7 @@ def test_validate_help_lists_the_flags(capsys):
 
 def test_an_arm_identical_to_another_runs_once(tmp_path, ray_cluster, capsys):
     """The search's best trial is fallback C's config (a known point): its runs are made once and copied."""
-    from search_spaces.default import FALLBACK_C
+    from ctkd_tune.arms import FALLBACK_C
 
     knobs = [(FALLBACK_C, "completed", 240.0), *KNOBS[:1]]
     exp = fabricate_experiment(tmp_path / "twin", knobs=knobs, with_study=False)
