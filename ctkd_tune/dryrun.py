@@ -34,7 +34,7 @@ def plan_text(cfg: Config, space: str | None, num_samples: int, concurrent: int,
               estimate: Estimate | None, why_no_estimate: str = "") -> str:
     """The dry run's report (pure: the timing is measured by `time_steps`)."""
     from ctkd_tune.distill import evaluation_steps
-    from search_spaces import check_space, load_space
+    from ctkd_tune.spaces import check_space, load_space
 
     info = check_space(load_space(space), cfg, space or "default")
     evals = len(evaluation_steps(cfg))

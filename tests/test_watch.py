@@ -35,7 +35,7 @@ def test_trial_name_reads_the_knobs_and_is_safe_everywhere():
 
 
 def test_trial_names_are_unique_and_stable():
-    from search_spaces import load_space
+    from ctkd_tune.spaces import load_space
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
