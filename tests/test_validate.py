@@ -420,7 +420,7 @@ def test_an_arm_identical_to_another_runs_once(tmp_path, ray_cluster, capsys):
     assert "validating 5 runs (5 arms × 1 seeds, 0 done before, 1 identical to another arm's run)" in \
         capsys.readouterr().out
     runs = pd.read_parquet(exp / "validation.parquet").set_index("arm")
-    twin = "t00-cosine-tau1.0-5.0-lam0.5"  # the search's trial 0: fallback C's config
+    twin = "t00-fkl-cosine-tau1.0-5.0-lam0.5"  # the search's trial 0: fallback C's config
     assert runs.loc["fallback_C", "same_run_as"] == twin and runs["same_run_as"].notna().sum() == 1
     metrics = ["final_val_ppl", "best_val_ppl", "wall_time_s", "tau_mid", "status"]  # wall time: not run twice
     assert runs.loc["fallback_C", metrics].tolist() == runs.loc[twin, metrics].tolist()
@@ -478,13 +478,13 @@ def test_fallbacks_are_forward_kl_whatever_the_search_trained(tmp_path):
             assert arms[name]["config"]["loss"]["divergence"] == "forward_kl", name
         assert arms["fallback_A"]["config"]["temperature"]["fixed_value"] == 2.0
         assert arms["fallback_A"]["label"] == "fixed T=2"
-        assert arms["trial-0"]["config"]["loss"]["divergence"] == "reverse_kl"
-        assert "reverse KL" in arms["trial-0"]["label"]
-        assert arms["trial-1"]["config"]["loss"]["jsd_beta"] == 0.3 and "JSD β 0.3" in arms["trial-1"]["label"]
+        assert arms["t00-rkl"]["config"]["loss"]["divergence"] == "reverse_kl"
+        assert "reverse KL" in arms["t00-rkl"]["label"]
+        assert arms["t01-jsd"]["config"]["loss"]["jsd_beta"] == 0.3 and "JSD β 0.3" in arms["t01-jsd"]["label"]
         assert arms["learnable"]["config"]["loss"]["divergence"] == "reverse_kl"  # the ablation of the best trial
     # trials from before loss.divergence existed read as forward KL (the field's default), not as an error
     trials = pd.read_parquet(exp / "trials.parquet").drop(columns=["loss.divergence", "loss.skew_alpha",
                                                                    "loss.jsd_beta"])
     trials.to_parquet(exp / "trials.parquet")
     arms = {a["arm"]: a for a in make_plan(open_experiment(exp), 1, 1, None, "final", None)["arms"]}
-    assert arms["trial-0"]["config"]["loss"]["divergence"] == "forward_kl"
+    assert arms["t00-rkl"]["config"]["loss"]["divergence"] == "forward_kl"
