@@ -99,10 +99,11 @@ def test_a_tiny_search_uses_the_names_everywhere(cluster, tmp_path, capsys):
     """Trial dirs, tables and TensorBoard runs carry the same names; the live table is printed without paths."""
     import pandas as pd
     event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
-    from ctkd_tune.search import run_search
+    from ctkd_tune.search import SearchSettings, run_search
 
     base = load_config(preset="tiny", overrides=QUICK)
-    result = run_search(base, name="w", num_samples=2, results_root=tmp_path, grace_period=4, verbose=1)
+    result = run_search(base, SearchSettings(name="w", num_samples=2, results_root=tmp_path, grace_period=4,
+                                             verbose=1))
     out = capsys.readouterr().out
     trials = pd.read_parquet(result.directory / "trials.parquet")
     names = sorted(trials["trial"])
