@@ -113,15 +113,7 @@ def test_a_tiny_search_uses_the_names_everywhere(cluster, tmp_path, capsys):
     assert set(names) <= ray_dirs
     assert "w-run1: 2/2 done" in out and all(n in out for n in names) and str(tmp_path) not in out.split(
         "results:")[0]
-    # every trial's gauges reached the node's metrics endpoint, tagged with the experiment and the trial's name
-    port = next(node["MetricsExportPort"] for node in ray.nodes() if node["Alive"])
-    deadline, missing = time.monotonic() + DEADLINE_S, set(names)
-    while missing and time.monotonic() < deadline:
-        text = _scrape(port)
-        missing = {n for n in missing if not any(line.startswith("ray_ctkd_val_ppl{") and 'experiment="w"' in line
-                                                 for line in _gauge_lines(text, n))}
-        time.sleep(1)
-    assert not missing, f"no val/ppl gauge for {missing}"
+    # the gauges are checked while a trial runs (test below): a finished trial's worker no longer exports them
     for name in names:
         acc = event_accumulator.EventAccumulator(str(result.directory / "tensorboard" / name))
         acc.Reload()
