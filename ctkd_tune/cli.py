@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
+from ctkd_tune import __version__
 from ctkd_tune.config import ConfigError, dump_yaml, load_config
 
 
@@ -48,12 +49,15 @@ def cmd_distill(args: argparse.Namespace) -> int:
     else:
         cfg = load_config(config_file(args), args.preset, args.overrides)
     summary = run_distill(cfg, output, resume=args.resume)
-    fmt = lambda v: "n/a" if v is None else f"{v:.4g}"  # noqa: E731
-    print(f"{summary['status']}: val/ppl {fmt(summary.get('student_val_ppl_start'))} at step 0 → "
-          f"{fmt(summary['final_val_ppl'])} (teacher {fmt(summary.get('teacher_val_ppl'))}), "
-          f"T {fmt(summary['final_temperature'])}, "
+    print(f"{summary['status']}: val/ppl {_round(summary.get('student_val_ppl_start'), 2)} at step 0 → "
+          f"{_round(summary['final_val_ppl'], 2)} (teacher {_round(summary.get('teacher_val_ppl'), 2)}), "
+          f"τ {_round(summary['final_temperature'], 3)}, "
           f"checks {'passed' if summary['checks']['all_passed']['passed'] else 'FAILED'} → {output}")
     return 0 if summary["status"] == "completed" else 1
+
+
+def _round(value, digits: int):
+    return round(value, digits) if isinstance(value, float) else value
 
 
 def cmd_teacher(args: argparse.Namespace) -> int:
@@ -95,10 +99,17 @@ def cmd_search(args: argparse.Namespace) -> int:
     """Search the CTKD knobs: Ray Tune trials of full distillations, Optuna TPE, ASHA; results in results/NAME/."""
     from ctkd_tune.raycluster import client_auth_from_env
 
+    if args.submit:  # the same command as a Ray Job on a running cluster; returns at once
+        from ctkd_tune.submit import submit
+
+        submit(args.argv, args.name, args.results_dir, args.address)
+        return 0
     client_auth_from_env(args.address)  # before Ray is imported: a ray:// client must know to send its token
     from ctkd_tune.search import SearchSettings, base_config, run_search  # imports Ray: only this command needs it
 
-    given = args.config or args.recipe or args.preset or args.overrides  # none: the experiment's own config, or the default
+    given = args.config or args.recipe or args.preset or args.overrides  # none: the experiment's own config, or default
+    if args.dry_run:
+        return _dry_run(args, base_config(config_file(args), args.preset, args.overrides))
     if (args.resume or args.rebuild_tables) and given:
         raise ConfigError("--resume / --rebuild-tables use the search's own config: drop --config/--preset/--set")
     cfg = base_config(config_file(args), args.preset, args.overrides) if given else None
@@ -109,6 +120,17 @@ def cmd_search(args: argparse.Namespace) -> int:
                               dashboard_host=args.dashboard_host, sampler=args.sampler, scheduler=args.scheduler)
     result = run_search(cfg, settings, resume=args.resume, rebuild_tables=args.rebuild_tables)
     return 130 if result.interrupted and not args.rebuild_tables else 0
+
+
+def _dry_run(args: argparse.Namespace, cfg) -> int:
+    from ctkd_tune.dryrun import default_concurrency, plan_text, teacher_missing, time_steps
+    from ctkd_tune.search import DEFAULT_NUM_SAMPLES
+
+    missing = teacher_missing(cfg)
+    print(plan_text(cfg, args.space, args.num_samples or DEFAULT_NUM_SAMPLES,
+                    default_concurrency(args.cpus_per_trial, args.max_concurrent),
+                    None if missing else time_steps(cfg), missing))
+    return 0
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -145,9 +167,18 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    """Show a search's trials as the live table does, from its files (study + tables); no Ray, any time."""
+    from ctkd_tune.watch import status_from_files
+
+    print(status_from_files(args.experiment))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ctkd-tune", description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (func, configure) in COMMANDS.items():
         sub = commands.add_parser(name, help=func.__doc__.splitlines()[0], description=func.__doc__)
@@ -181,6 +212,10 @@ def _search_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sampler", choices=["tpe", "random"], default="tpe", help="Optuna sampler (default tpe)")
     p.add_argument("--scheduler", choices=["asha", "none"], default="asha",
                    help="early stopping: asha (default) or none (every trial runs to the end unless it diverges)")
+    p.add_argument("--submit", action="store_true",
+                   help="run the search as a Ray Job on the cluster at --address (http://HOST:8265) and return")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the resolved config, the space, the budget and an estimated wall time; start nothing")
     p.add_argument("--dashboard-host", default="127.0.0.1",
                    help="dashboard bind address; 0.0.0.0 exposes it (with token auth) to the network")
 
@@ -225,6 +260,10 @@ def _sample_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--chat", action="store_true", help="wrap the prompt as a user message in the chat template")
 
 
+def _status_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--experiment", required=True, help="results/NAME folder of `ctkd-tune search`")
+
+
 def _teacher_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--name", default="shakespeare", choices=["shakespeare", "tiny"], help="embedded teacher")
     p.add_argument("--force", action="store_true", help="train again even if cached")
@@ -240,14 +279,18 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], Callable[[argpars
     "validate": (cmd_validate, _validate_args),
     "export": (cmd_export, _export_args),
     "report": (cmd_report, _report_args),
+    "status": (cmd_status, _status_args),
 }
+LIGHT_COMMANDS = ("config", "status")  # never import torch/transformers (nor, with --help/--version, does any)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from transformers.utils import logging as hf_logging
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # `search --submit` sends the command line on
+    if args.command not in LIGHT_COMMANDS:
+        from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()  # weight-loading bars drown the run's own progress
+        hf_logging.disable_progress_bar()  # weight-loading bars drown the run's own progress
     try:
         return args.func(args)
     except (ConfigError, FileNotFoundError, ValueError) as err:

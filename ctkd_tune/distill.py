@@ -309,8 +309,8 @@ def distill(cfg: Config, report: Report = print_report, *, setup: Setup | None =
                 report(row, None)
                 break
         history.append(row)
-        bar.set_postfix(loss=f"{row['train/loss']:.3f}", T=f"{row['ctkd/temperature']:.2f}", lam=f"{lam:.2f}",
-                        ppl=f"{_last(history, 'val/ppl'):.1f}")
+        bar.set_postfix(loss=f"{row['train/loss']:.3f}", τ=f"{row['ctkd/temperature']:.2f}", λ=f"{lam:.2f}",
+                        ppl=f"{_last(history, 'val/ppl'):.1f}", tok_s=f"{row['train/tokens_per_s']:.0f}")
         saved = None
         if checkpoint_dir is not None and step in eval_at and \
                 (t.checkpoint_every == 0 or step % t.checkpoint_every == 0 or step == n_steps):

@@ -186,7 +186,7 @@ def _torch_threads(n: int | None) -> Iterator[None]:
 
 
 def _train(model: GPT2LMHeadModel, train: torch.Tensor, r: Recipe, log: Callable[[str], None]) -> None:
-    """The pre-training loop: AdamW, warmup + cosine LR, gradient clipping, a log line every 50 steps."""
+    """The pre-training loop: AdamW, warmup + cosine LR, gradient clipping, a log line (with ETA) every 50 steps."""
     from ctkd_tune import data  # here, not at the top: data imports this module for the builtin sources
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=r.lr, betas=(0.9, 0.95), weight_decay=0.1)
@@ -207,8 +207,10 @@ def _train(model: GPT2LMHeadModel, train: torch.Tensor, r: Recipe, log: Callable
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         if step % 50 == 0 or step == r.steps - 1:
-            rate = (step + 1) * x.numel() / (time.time() - t0)
-            log(f"step {step + 1}/{r.steps}  loss {loss.item():.3f}  lr {lr:.2e}  {rate:,.0f} tok/s")
+            elapsed = time.time() - t0
+            rate, eta = (step + 1) * x.numel() / elapsed, elapsed / (step + 1) * (r.steps - step - 1)
+            log(f"step {step + 1}/{r.steps}  loss {loss.item():.3f}  lr {lr:.2e}  {rate:,.0f} tok/s  "
+                f"ETA {eta // 60:.0f}m{eta % 60:02.0f}s")
 
 
 def _pretrain(name: str, out: Path, log: Callable[[str], None]) -> None:

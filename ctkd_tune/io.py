@@ -2,7 +2,9 @@
 
 Every writer goes to a temporary file in the destination folder and then `os.replace`s it into place, which is
 atomic on POSIX file systems. A failed write (a full disk) removes the temporary file, leaves the previous
-version of the destination intact, and raises OSError with the destination as its filename.
+version of the destination intact, and raises OSError with the destination as its filename. The file gets the
+permissions a plain `open(path, "w")` would give (0666 less the umask): a temporary file is private (0600),
+which left report.html unreadable to others next to its PNGs.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ def _atomic(path: str | Path, write: Callable[[str], None]) -> Path:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except OSError as err:  # a full disk, say: the error names the file we were writing, not the temporary one
         Path(tmp).unlink(missing_ok=True)
@@ -29,6 +32,12 @@ def _atomic(path: str | Path, write: Callable[[str], None]) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)  # the only way to read it is to set it: put it back at once
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:

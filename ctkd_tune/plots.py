@@ -64,9 +64,13 @@ def _per_trial(trials):
     return colors, mappable, trials.set_index("trial_id")["status"].to_dict(), _best_trial(trials)
 
 
-def _per_trial_key(fig, legend_ax, axes, mappable, status, best) -> None:
-    """The status legend (with the best trial) on `legend_ax` and one colour bar for `axes`."""
-    _status_legend(legend_ax, sorted(set(status.values())), f"best completed trial {best}" if best else None)
+def _per_trial_key(fig, legend_ax, axes, mappable, status, best, trials) -> None:
+    """The status legend (with the best trial's name) on `legend_ax` and one colour bar for `axes`."""
+    from ctkd_tune.results import display_name
+
+    rows = trials[trials["trial_id"] == best].to_dict("records") if best else []
+    label = f"best completed trial {display_name(rows[0]) if rows else best}" if best else None
+    _status_legend(legend_ax, sorted(set(status.values())), label)
     fig.colorbar(mappable, ax=axes, label="trial's best val/ppl (lower is better)")
 
 
@@ -84,7 +88,7 @@ def trajectories(curves, trials, path: Path) -> Path | str:
             ax_l.plot(c["step"], c["ctkd/lambda"], ls, marker=".", **style)
     ax_t.set(ylabel="temperature τ (mean over tokens)", title="Temperature and λ per search trial")
     ax_l.set(xlabel="training step", ylabel="λ (gradient-reversal strength)")
-    _per_trial_key(fig, ax_t, [ax_t, ax_l], mappable, status, best)
+    _per_trial_key(fig, ax_t, [ax_t, ax_l], mappable, status, best, trials)
     for ax in (ax_t, ax_l):
         ax.grid(alpha=0.3)
     return _save(fig, path)
@@ -103,7 +107,7 @@ def ppl_curves(curves, trials, path: Path) -> Path | str:
            title="Held-out perplexity per search trial")
     _plain_log_ticks(ax)
     ax.grid(alpha=0.3, which="both")
-    _per_trial_key(fig, ax, ax, mappable, status, best)
+    _per_trial_key(fig, ax, ax, mappable, status, best, trials)
     return _save(fig, path)
 
 

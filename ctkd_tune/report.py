@@ -21,7 +21,11 @@ from typing import Any
 from ctkd_tune import plots
 from ctkd_tune.experiment import VALIDATION_CURVES, Experiment, open_experiment, read_table
 from ctkd_tune.io import atomic_write_text
+from ctkd_tune.results import display_name
 from ctkd_tune.verdict import judge_plan, table_rows
+
+MIN_IMPORTANCE_TRIALS = 5
+"""Fewer COMPLETE trials than this: the importance plot is not drawn (the report says why)."""
 
 # A report is a list of blocks, rendered twice: ("h1"|"h2"|"p", text), ("ul", [text]), ("table", [row dicts]),
 # ("img", path, caption), ("note", text).
@@ -39,7 +43,7 @@ def build_report(experiment: str | Path) -> Path:
     params = exp.searched_params()
     blocks: list[Block] = [
         ("h1", f"CTKD search report: {exp.name}"),
-        ("p", f"{len(trials)} trials ({counts}). Best completed trial `{best['trial_id']}`: final val/ppl "
+        ("p", f"{len(trials)} trials ({counts}). Best completed trial `{display_name(best)}`: final val/ppl "
               f"{best['final_val_ppl']:.2f}, final temperature {best['final_temperature']:.3f}. "
               f"Searched knobs: {', '.join(f'`{p}`' for p in params) or 'none found'}."),
     ]
@@ -93,12 +97,17 @@ def _importance_block(exp: Experiment, path: Path) -> Block:
             return ("note", f"optuna.db holds studies {names}, none named {exp.name!r}: no importance.")
         study = optuna.load_study(study_name=name, storage=url)
         complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-        if len(complete) < 2:
-            return ("note", f"Hyperparameter importance skipped: {len(complete)} COMPLETE trial(s) in the study, "
-                            "at least 2 are needed (pruned and failed trials are not used).")
+        if len(complete) < MIN_IMPORTANCE_TRIALS:
+            return ("note", f"Hyperparameter importance not drawn: {len(complete)} COMPLETE trial(s) in the study; "
+                            f"with fewer than {MIN_IMPORTANCE_TRIALS} a ranking is noise (pruned and failed trials "
+                            "are not used).")
+        varied = sorted({p for t in complete for p in t.params
+                         if len({repr(u.params.get(p)) for u in complete}) > 1})  # a constant knob is never ranked
+        if not varied:
+            return ("note", "Hyperparameter importance not drawn: no parameter varies across the COMPLETE trials.")
         with warnings.catch_warnings(record=True) as caught:  # PED-ANOVA warns when a regime has < 2 trials
             warnings.simplefilter("always")
-            values = optuna.importance.get_param_importances(study)  # COMPLETE trials only
+            values = optuna.importance.get_param_importances(study, params=varied)  # COMPLETE trials only
     except Exception as err:  # a study too small or too uniform for the evaluator: say so, keep the report
         return ("note", f"Hyperparameter importance skipped: {type(err).__name__}: {str(err).splitlines()[0]}")
     if not values:
@@ -113,7 +122,7 @@ def _top_trials(exp: Experiment, params: list[str], limit: int = 10) -> list[dic
     shown = exp.trials.sort_values("final_val_ppl", na_position="last").head(limit)
     rows = []
     for r in shown.to_dict("records"):
-        row = {"trial": str(r["trial_id"]), "status": r["status"], "final val/ppl": _fmt(r["final_val_ppl"]),
+        row = {"trial": display_name(r), "status": r["status"], "final val/ppl": _fmt(r["final_val_ppl"]),
                "best val/ppl": _fmt(r["best_val_ppl"]), "final τ": _fmt(r.get("final_temperature")),
                "steps": _fmt(r.get("steps"))}
         row.update({p.split(".", 1)[1]: _fmt(r.get(p)) for p in params})

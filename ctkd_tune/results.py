@@ -1,6 +1,7 @@
 """The result tables of a search, built from Ray's ResultGrid; `validate`, `export` and `report` read only these.
 
-    results/NAME/trials.parquet    one row per trial: the flattened config (Config.flat() names; lists as JSON),
+    results/NAME/trials.parquet    one row per trial: its name (ctkd_tune.names), the flattened config
+                                   (Config.flat() names; lists as JSON),
                                    final/best val/ppl, final temperature and λ, steps, status, stop_reason,
                                    optuna_trial and optuna_state, wall time, trial id, temperature_drift
                                    (`checks.temperature_drift` over the trial's reports, from its first evaluation)
@@ -27,6 +28,7 @@ from typing import Any, Iterable
 from ctkd_tune.checks import temperature_drift
 from ctkd_tune.config import Config, dump_yaml, from_dict
 from ctkd_tune.io import atomic_write_parquet
+from ctkd_tune.names import trial_name
 
 OPTUNA_TRIAL_KEY = "optuna_trial"
 """Key the searcher adds to each trial's config: the Optuna trial number (not a config override)."""
@@ -34,11 +36,11 @@ CURVE_METRICS = ["ref/teacher_val_ppl", "ref/student_val_ppl_start", "val/ppl", 
                  "val/loss", "train/loss", "train/kd_loss",
                  "train/ce_loss", "train/lr", "ctkd/temperature", "ctkd/temperature_min", "ctkd/temperature_max",
                  "ctkd/lambda", "ctkd/evals_at_bound", "wall_time_s", "reported_at"]
-TRIAL_KEYS = ["trial_id", "optuna_trial", "optuna_state", "run", "status", "stop_reason", "final_val_ppl",
+TRIAL_KEYS = ["trial", "trial_id", "optuna_trial", "optuna_state", "run", "status", "stop_reason", "final_val_ppl",
               "best_val_ppl", "best_step", "final_val_kl", "final_top1_agreement", "final_temperature", "final_lambda",
               "temperature_drift", "teacher_val_ppl", "student_val_ppl_start", "steps", "wall_time_s", "path",
               "params"]  # then the config's dotted keys
-CURVE_KEYS = ["trial_id", "optuna_trial", "step", "status", *CURVE_METRICS]
+CURVE_KEYS = ["trial", "trial_id", "optuna_trial", "step", "status", *CURVE_METRICS]
 STATUSES = ("completed", "pruned", "diverged", "error", "interrupted", "running")
 
 
@@ -142,8 +144,9 @@ def build_tables(records: Iterable[Any], base: dict[str, Any], *, ppl_threshold:
         elif state in ("RUNNING", "WAITING"):
             status, reason = (("running", "running when the tables were written") if live else
                               ("interrupted", "the search stopped before this trial ended (continue with --resume)"))
+        name = trial_name(number, params) if number is not None else str(trial_id)  # as in the live table
         row = {
-            "trial_id": trial_id, "optuna_trial": number, "optuna_state": state, "run": run,
+            "trial": name, "trial_id": trial_id, "optuna_trial": number, "optuna_state": state, "run": run,
             "status": status, "stop_reason": reason,
             "final_val_ppl": evals[-1]["val/ppl"] if evals else None,
             "best_val_ppl": best.get("val/ppl"), "best_step": best.get("step"),
@@ -164,7 +167,8 @@ def build_tables(records: Iterable[Any], base: dict[str, Any], *, ppl_threshold:
         config = cfg.flat()
         row.update({key: json.dumps(value) if isinstance(value, list) else value for key, value in config.items()})
         trials.append(row)
-        curves += [{"trial_id": trial_id, "optuna_trial": number, "step": r.get("step"), "status": r.get("status"),
+        curves += [{"trial": name, "trial_id": trial_id, "optuna_trial": number, "step": r.get("step"),
+                    "status": r.get("status"),
                     **{key: r.get(key) for key in CURVE_METRICS if key in r}} for r in reports]
     return trials, curves
 
@@ -248,10 +252,21 @@ def write_best_config(directory: str | Path, trials) -> Path | None:
         return None
     path = Path(directory) / "best_config.yaml"
     header = (f"ctkd-tune distill --config {path} --output runs/best\n"
-              f"best completed trial {row['trial_id']} (optuna trial {row['optuna_trial']}): "
+              f"best completed trial {display_name(row)} (ray id {row['trial_id']}): "
               f"final val/ppl {row['final_val_ppl']:.3f}, T {row['final_temperature']:.3f}")
     dump_yaml(config_from_row(row), path, header=header)
     return path
+
+
+def display_name(row: dict[str, Any]) -> str:
+    """The trial's readable name; tables written before names existed get it from the number and params."""
+    name = row.get("trial")
+    if isinstance(name, str) and name:
+        return name
+    number = row.get("optuna_trial")
+    if number is None or number != number:  # None or NaN
+        return str(row.get("trial_id"))
+    return trial_name(int(number), json.loads(row.get("params") or "{}"))
 
 
 def summary_table(trials, params: list[str], limit: int = 10) -> str:
@@ -262,8 +277,9 @@ def summary_table(trials, params: list[str], limit: int = 10) -> str:
     head = ", ".join(f"{counts[s]} {s}" for s in STATUSES if s in counts)
     short = {p: p.split(".", 1)[1] for p in params if p in trials}
     shown = trials.sort_values(["final_val_ppl"], na_position="last").head(limit)
-    shown = shown[["optuna_trial", "status", "final_val_ppl", "best_val_ppl", "final_temperature", "steps",
-                   *short]].rename(columns={**short, "optuna_trial": "#", "final_val_ppl": "val/ppl",
+    shown = shown.assign(trial=[display_name(r) for r in shown.to_dict("records")])
+    shown = shown[["trial", "status", "final_val_ppl", "best_val_ppl", "final_temperature", "steps",
+                   *short]].rename(columns={**short, "final_val_ppl": "val/ppl",
                                             "best_val_ppl": "best", "final_temperature": "T"})
     return f"{len(trials)} trials: {head}\n" + shown.to_string(index=False, float_format=lambda v: f"{v:.4g}")
 

@@ -5,6 +5,7 @@
     DIR/summary.json       final and best val/ppl, final temperature and λ, checks, status, wall time, config
     DIR/student/           the student (save_pretrained) and its tokenizer
     DIR/checkpoint/        the latest full training state, for --resume
+    DIR/tensorboard/       TensorBoard events: every step's metrics, τ and λ, the config (tensorboard --logdir DIR)
 All files are written atomically; an existing run is never overwritten unless resumed.
 """
 
@@ -18,6 +19,7 @@ from ctkd_tune.checkpoint import load_checkpoint
 from ctkd_tune.config import Config, ConfigError, dump_yaml
 from ctkd_tune.distill import distill, prepare, print_report
 from ctkd_tune.io import atomic_write_json, atomic_write_parquet
+from ctkd_tune.tboard import Board
 
 
 def run_distill(cfg: Config, output: str | Path, resume: bool = False, progress: bool = True) -> dict[str, Any]:
@@ -35,16 +37,22 @@ def run_distill(cfg: Config, output: str | Path, resume: bool = False, progress:
     # The curve on disk is rewritten at every checkpoint, so it never runs ahead of what --resume restores.
     rows = load_checkpoint(checkpoint, setup.device)["history"] if resume else []
 
+    board = Board(output / "tensorboard", hparams=cfg.flat())
+
     def report(metrics: dict[str, Any], saved: Path | None) -> None:
         print_report(metrics, saved)
+        board.log(metrics)
         rows.append(metrics)
         if saved is not None:
             atomic_write_parquet(output / "metrics.parquet", _rows(rows))
             size = sum(f.stat().st_size for f in Path(saved).iterdir() if f.is_file())
             print(f"checkpoint at step {metrics['step']}: {size / 2**20:.1f} MB in {saved}", file=sys.stderr)
 
-    result = distill(cfg, report, setup=setup, checkpoint_dir=checkpoint, resume=checkpoint if resume else None,
-                     progress=progress)
+    try:
+        result = distill(cfg, report, setup=setup, checkpoint_dir=checkpoint, resume=checkpoint if resume else None,
+                         progress=progress)
+    finally:
+        board.close()
     atomic_write_parquet(output / "metrics.parquet", _rows(result.history))
     atomic_write_json(output / "summary.json", result.summary)
     if result.history:

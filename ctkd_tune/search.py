@@ -45,6 +45,7 @@ from ctkd_tune.search_folder import (SearchResult, any_unfinished, check_no_unfi
                                      live_record, open_storage, ray_storage, read_state, rebuild_search_tables,
                                      study_is_empty, tables_readable, write_search_tables)
 from ctkd_tune.searcher import CTKDOptunaSearch, DivergenceStopper, TableWriter, fail_orphans
+from ctkd_tune.tune_watch import LiveReporter, named_trainable, ray_trial_dirname, ray_trial_name
 
 # The default search (no --config/--preset): the Shakespeare preset at 150 steps, 8 trials, 2 at a time on 2 CPU
 # cores. One such trial alone takes ~160 s on one core (7 evaluations); ASHA stops about half of the trials at
@@ -148,7 +149,7 @@ def run_search(base_cfg: Config | None, settings: SearchSettings | None = None, 
     if state is not None:
         open_storage(directory)  # a damaged optuna.db is an error before Ray starts
     os.environ["RAY_CHDIR_TO_TRIAL_DIR"] = "0"
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the classic table, with our parameter columns
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the classic output engine: it prints our LiveReporter
     # num_to_keep forces an experiment snapshot every 2 checkpoints (so a resume never points at a deleted one);
     # that is intended here, not a bottleneck worth a warning per snapshot
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
@@ -176,8 +177,7 @@ def run_search(base_cfg: Config | None, settings: SearchSettings | None = None, 
                 print(f"ctkd-tune: {directory}: rebuilding damaged tables from the study and the trial folders")
                 rebuild_search_tables(directory, state, storage)
             run = runs[-1]
-            trainable = tune.with_resources(tune.with_parameters(_trainable(), base=base_cfg.to_dict()),
-                                            {"cpu": params["cpus_per_trial"], "gpu": params["gpus_per_trial"]})
+            trainable = _named_trainable(base_cfg, params, s.name, directory)
             experiment = f"{run['storage_path'].rstrip('/')}/{run['name']}"
             TableWriter.write = lambda trials: write_search_tables(
                 directory, [live_record(t) for t in trials], base_cfg, params, storage, s.name, run["name"], live=True)
@@ -274,15 +274,12 @@ def _tune_config(params, storage, name, space_fn, run, run_index, limit, adopt_o
     else:
         scheduler = FIFOScheduler()
     return tune.TuneConfig(search_alg=ConcurrencyLimiter(searcher, max_concurrent=limit), scheduler=scheduler,
-                           num_samples=run["num_samples"], reuse_actors=False, trial_name_creator=_trial_name,
-                           trial_dirname_creator=_trial_name)
+                           num_samples=run["num_samples"], reuse_actors=False, trial_name_creator=ray_trial_name,
+                           trial_dirname_creator=ray_trial_dirname)
 
 
 def _run_config(params, run, verbose) -> tune.RunConfig:
-    columns = {p: p.split(".", 1)[1] for p in params["params"]}
-    # no metric=/mode= here: the reporter's "best trial" line fails on conditional params absent from a config
-    reporter = tune.CLIReporter(parameter_columns=columns, max_report_frequency=15,
-                                metric_columns={"val/ppl": "val/ppl", "ctkd/temperature": "T", "step": "step"})
+    reporter = LiveReporter(params["max_t"], params["ppl_threshold"], params["runaway_patience"], title=run["name"])
     return tune.RunConfig(name=run["name"], storage_path=run["storage_path"], verbose=verbose,
                           stop=DivergenceStopper(params["ppl_threshold"], params["runaway_patience"]),
                           failure_config=tune.FailureConfig(max_failures=2),
@@ -298,8 +295,12 @@ def _trainable():
     return train_ctkd
 
 
-def _trial_name(trial) -> str:
-    return trial.trial_id
+def _named_trainable(base_cfg: Config, params: dict, name: str, directory: Path):
+    """The trainable as actor class CTKDTrial named after the trial; it feeds the gauges and TensorBoard."""
+    watch = {"experiment": name, "tensorboard": str(directory / "tensorboard")}
+    function = tune.with_resources(tune.with_parameters(_trainable(), base=base_cfg.to_dict(), watch=watch),
+                                   {"cpu": params["cpus_per_trial"], "gpu": params["gpus_per_trial"]})
+    return named_trainable(function)
 
 
 def _prepare_shared(cfg: Config) -> None:

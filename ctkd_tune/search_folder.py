@@ -130,8 +130,9 @@ def live_record(trial) -> TrialRecord:
     records = [r for r in (record_from_dir(folder, error=error) for folder in folders) if r is not None]
     record = max(records, key=lambda r: len(r.reports), default=None)
     if record is None:
-        return TrialRecord(dict(trial.config), dict(trial.last_result or {}), [], None, str(trial.path))
+        record = TrialRecord(dict(trial.config), dict(trial.last_result or {}), [], None, str(trial.path))
     record.path = str(trial.path)
+    record.metrics.setdefault("trial_id", trial.trial_id)  # the folder is named after the trial, not its id
     return record
 
 

@@ -158,7 +158,11 @@ def _write(directory: Path, cfg: Config, teacher: Teacher, data: TokenData, devi
     try:
         tic = time.perf_counter()
         states = ids = None
-        for step in range(t.steps):
+        from tqdm import tqdm
+
+        # a bar with ETA on a terminal (silent in logs): this phase can take minutes with a large teacher
+        for step in tqdm(range(t.steps), desc="storing the teacher's outputs", unit="batch", leave=False,
+                         disable=None):
             x, _ = get_batch(data.train, step, t.batch_size, cfg.data.block_size, seed)
             hidden = teacher.body(x.to(device)).float().cpu().numpy()
             if states is None:

@@ -104,13 +104,13 @@ def make_plan(exp: Experiment, top_k: int, n_seeds: int, steps: int | None, rank
     trials = {r["trial_id"]: r for r in read_rows(exp.directory / "trials.parquet")}
     ranked = exp.completed.sort_values([column, "trial_id"], kind="stable", na_position="last").head(top_k)
     top = [trials[t] for t in ranked["trial_id"]]
-    from ctkd_tune.results import config_from_row
+    from ctkd_tune.results import config_from_row, display_name
 
     best_cfg = config_from_row(top[0])
     base = _search_base(exp) or best_cfg.to_dict()
     arms = []
     for rank, row in enumerate(top, start=1):
-        name = f"trial-{row['optuna_trial']}" if row.get("optuna_trial") is not None else f"trial-{row['trial_id']}"
+        name = display_name(row)  # the trial's name in the search's tables and live table
         cfg = config_from_row(row)
         arms.append(_arm(name, "search", f"search rank {rank}: {describe(cfg)}", cfg.to_dict(), rank,
                          trial_id=row["trial_id"], optuna_trial=row.get("optuna_trial"), search_val_ppl=row[column]))

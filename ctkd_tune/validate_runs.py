@@ -170,7 +170,11 @@ def _init_ray(address: str | None) -> bool:
     """Connect to `address` (auto, ray://HOST:PORT, or RAY_ADDRESS when None), else start a local Ray."""
     from ctkd_tune.raycluster import connect
 
-    return connect(address, include_dashboard=False)[0]
+    started, context = connect(address, include_dashboard=True, dashboard_host="127.0.0.1")
+    url = getattr(context, "dashboard_url", None)
+    if url:  # as `search` does: the runs are actors there, with their logs
+        print(f"ctkd-tune: Ray dashboard: http://{url} (token: `ray get-auth-token`)")
+    return started
 
 
 def _rectangular(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

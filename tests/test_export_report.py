@@ -2,8 +2,8 @@
 
 Export → distill round trip: the exported file loads to exactly the recommended config and `ctkd-tune distill
 --config` runs it unchanged; the validated student is a loadable Hugging Face directory. Report: every plot is a
-non-empty PNG, report.md links them, report.html embeds them; the importance plot is skipped with a note when
-the study has fewer than 2 COMPLETE trials. Bad experiments are one-line errors that write nothing.
+non-empty PNG, report.md links them, report.html embeds them; the importance plot is not drawn (a note says why) when
+the study has fewer than 5 COMPLETE trials. Bad experiments are one-line errors that write nothing.
 """
 
 import json
@@ -21,7 +21,7 @@ from ctkd_tune.validate import make_plan
 from ctkd_tune.validate_runs import STUDENTS, run_config, run_row
 from test_validate import KNOBS, STEPS, fabricate_experiment  # the search's tables, fabricated (same schema)
 
-PASSING = {"trial-0": [250.0, 252.0], "fallback_A": [260.0, 261.0], "fallback_B": [270.0, 275.0],
+PASSING = {"t00-cosine-lam0.8": [250.0, 252.0], "fallback_A": [260.0, 261.0], "fallback_B": [270.0, 275.0],
            "fallback_C": [262.0, 259.0], "learnable": [265.0, 266.0]}
 
 
@@ -63,14 +63,14 @@ def experiment(tmp_path):
 
 def test_export_validated_round_trip_yaml_and_json(experiment, tmp_path, capsys):
     plan = add_validation(experiment, PASSING)
-    recommended = run_config(plan["arms"][0], plan["seeds"][0])  # trial-0 wins, exported with its first seed
+    recommended = run_config(plan["arms"][0], plan["seeds"][0])  # trial 0 wins, exported with its first seed
     path = export(experiment)
     assert path == experiment / "recommended.yaml"
     text = path.read_text()
     assert text.startswith(f"# ctkd-tune distill --config {path}")
     assert load_config(path) == recommended
     prov = yaml.safe_load(text)["provenance"]
-    assert prov["source"] == "validation" and prov["arm"] == "trial-0" and prov["trial_id"] == "t0000"
+    assert prov["source"] == "validation" and prov["arm"] == "t00-cosine-lam0.8" and prov["trial_id"] == "t0000"
     assert prov["validation_seeds"] == [1, 2] and prov["seed"] == 1 and prov["experiment"] == "exp"
     assert prov["validation"]["final_val_ppl_mean"] == pytest.approx(251.0)
     assert prov["validation"]["diff_vs_fallback_A"] == pytest.approx(-9.5)
@@ -95,7 +95,7 @@ def test_export_with_student_copies_a_loadable_model(experiment, tmp_path):
     cfg = run_config(plan["arms"][0], plan["seeds"][0])
     setup = prepare(cfg)
     result = distill(cfg, lambda metrics, checkpoint: None, setup=setup, progress=False)
-    kept = experiment / STUDENTS / "trial-0"  # what validate keeps for each arm's first seed
+    kept = experiment / STUDENTS / "t00-cosine-lam0.8"  # what validate keeps for each arm's first seed
     result.student.save_pretrained(kept)
     setup.tokenizer.save_pretrained(kept)
     dest = tmp_path / "student"
@@ -103,7 +103,7 @@ def test_export_with_student_copies_a_loadable_model(experiment, tmp_path):
     model = AutoModelForCausalLM.from_pretrained(dest)
     assert AutoTokenizer.from_pretrained(dest) is not None
     assert model.config.vocab_size == result.student.config.vocab_size
-    assert json.loads((dest / "ctkd_provenance.json").read_text())["provenance"]["arm"] == "trial-0"
+    assert json.loads((dest / "ctkd_provenance.json").read_text())["provenance"]["arm"] == "t00-cosine-lam0.8"
     with pytest.raises(ConfigError, match="not empty"):
         export(experiment, with_student=dest)
 
@@ -130,22 +130,25 @@ def test_report_writes_readable_plots_markdown_and_html(experiment):
     add_validation(experiment, PASSING)
     md_path = build_report(experiment)
     pngs = sorted(p.name for p in (experiment / "report").glob("*.png"))
-    assert pngs == ["importance.png", "knobs.png", "progress.png", "temperature_lambda.png", "val_ppl.png",
-                    "validation.png", "validation_temperature.png"]
+    assert pngs == ["knobs.png", "progress.png", "temperature_lambda.png", "val_ppl.png",
+                    "validation.png", "validation_temperature.png"]  # no importance: 3 COMPLETE trials
     for name in pngs:
         data = (experiment / "report" / name).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000, name
     md = md_path.read_text()
     assert all(f"](report/{name})" in md for name in pngs)
-    assert "Recommended: trial-0" in md and "| arm |" in md and "Hyperparameter importance" not in md
-    page = (experiment / "report.html").read_text()
-    assert page.count("data:image/png;base64,") == len(pngs) and "Recommended: trial-0" in page
+    assert "Recommended: t00-cosine-lam0.8" in md and "| arm |" in md
+    assert "Hyperparameter importance not drawn: 3 COMPLETE trial(s)" in md
+    page_path = experiment / "report.html"
+    assert page_path.stat().st_mode & 0o044 == (experiment / "report" / pngs[0]).stat().st_mode & 0o044  # as PNGs
+    page = page_path.read_text()
+    assert page.count("data:image/png;base64,") == len(pngs) and "Recommended: t00-cosine-lam0.8" in page
 
 
 def test_report_skips_importance_with_fewer_than_two_complete_trials(tmp_path):
     exp = fabricate_experiment(tmp_path / "one", knobs=[KNOBS[0], KNOBS[3]], report_times=False)
     md = build_report(exp).read_text()
-    assert "Hyperparameter importance skipped: 1 COMPLETE trial(s)" in md
+    assert "Hyperparameter importance not drawn: 1 COMPLETE trial(s)" in md
     assert "no report times (a search from an older ctkd-tune): no progress plot" in md
     assert "No validation yet" in md and not (exp / "report" / "importance.png").exists()
     assert (exp / "report" / "knobs.png").stat().st_size > 0
@@ -172,3 +175,15 @@ def test_help_lists_the_flags(capsys):
             main([command, "--help"])
         out = capsys.readouterr().out
         assert all(flag in out for flag in flags)
+
+
+def test_report_ranks_only_knobs_that_varied(tmp_path, monkeypatch):
+    from ctkd_tune import plots
+
+    knobs = [({"temperature.tau_max": 2.5 + i, "schedule.lambda_max": 0.1 * (i + 1), "schedule.type": "cosine"},
+              "completed", 250.0 + 7 * i * (-1) ** i) for i in range(6)]
+    exp = fabricate_experiment(tmp_path / "six", knobs=knobs)
+    ranked, draw = {}, plots.importance
+    monkeypatch.setattr(plots, "importance", lambda values, n, path: ranked.update(values) or draw(values, n, path))
+    build_report(exp)
+    assert set(ranked) == {"temperature.tau_max", "schedule.lambda_max"}  # schedule.type was always cosine

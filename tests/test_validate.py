@@ -301,18 +301,19 @@ def validated(tmp_path_factory, ray_cluster):
 def test_validate_runs_every_arm_and_seed(validated):
     exp, code = validated
     runs = pd.read_parquet(exp / "validation.parquet")
-    arms = ["trial-0", "fallback_A", "fallback_B", "fallback_C", "learnable"]
+    arms = ["t00-cosine-lam0.8", "fallback_A", "fallback_B", "fallback_C", "learnable"]
     assert sorted(zip(runs["arm"], runs["seed"])) == sorted((a, s) for a in arms for s in (1, 2))
     assert (runs["status"] == "completed").all() and (runs["steps"] == STEPS).all()
     # the same fresh seeds everywhere, for the student init and the data order too
     assert (runs["train.seed"] == runs["seed"]).all() and (runs["train.data_seed"] == runs["seed"]).all()
     assert (runs["train.init_seed"] == runs["seed"]).all()
     modes = runs.drop_duplicates("arm").set_index("arm")["temperature.mode"]
-    assert modes.to_dict() == {"trial-0": "ctkd", "fallback_A": "fixed", "fallback_B": "anneal",
+    assert modes.to_dict() == {"t00-cosine-lam0.8": "ctkd", "fallback_A": "fixed", "fallback_B": "anneal",
                                "fallback_C": "ctkd", "learnable": "learnable"}
     fb_c = runs[runs["arm"] == "fallback_C"].iloc[0]
     assert (fb_c["schedule.lambda_max"], fb_c["schedule.warmup_ratio"]) == (0.5, 0.4)
-    assert runs.loc[runs["arm"] == "trial-0", "temperature.tau_max"].eq(4.0).all()  # the best trial's knobs
+    best = runs["arm"] == "t00-cosine-lam0.8"
+    assert runs.loc[best, "temperature.tau_max"].eq(4.0).all()  # the best trial's knobs
     for column in ("final_val_ppl", "best_val_ppl", "checks_passed", "runaway", "spike", "wall_time_s", "tau_mid"):
         assert runs[column].notna().all(), column
     md = (exp / "validation.md").read_text()
@@ -419,10 +420,11 @@ def test_an_arm_identical_to_another_runs_once(tmp_path, ray_cluster, capsys):
     assert "validating 5 runs (5 arms × 1 seeds, 0 done before, 1 identical to another arm's run)" in \
         capsys.readouterr().out
     runs = pd.read_parquet(exp / "validation.parquet").set_index("arm")
-    assert runs.loc["fallback_C", "same_run_as"] == "trial-0" and runs["same_run_as"].notna().sum() == 1
+    twin = "t00-fkl-cosine-tau1.0-5.0-lam0.5"  # the search's trial 0: fallback C's config
+    assert runs.loc["fallback_C", "same_run_as"] == twin and runs["same_run_as"].notna().sum() == 1
     metrics = ["final_val_ppl", "best_val_ppl", "wall_time_s", "tau_mid", "status"]  # wall time: not run twice
-    assert runs.loc["fallback_C", metrics].tolist() == runs.loc["trial-0", metrics].tolist()
-    assert runs.loc["fallback_C", "kind"] == "fallback" and runs.loc["trial-0", "kind"] == "search"
+    assert runs.loc["fallback_C", metrics].tolist() == runs.loc[twin, metrics].tolist()
+    assert runs.loc["fallback_C", "kind"] == "fallback" and runs.loc[twin, "kind"] == "search"
     assert (exp / "validation" / "students" / "fallback_C" / "config.json").is_file()
     curves = pd.read_parquet(exp / "validation_curves.parquet")
     assert len(curves[curves["arm"] == "fallback_C"]) == STEPS
@@ -433,7 +435,7 @@ def test_an_arm_identical_to_another_runs_once(tmp_path, ray_cluster, capsys):
     assert main(["validate", "--experiment", str(exp), "--resume"]) in (0, 1)
     assert "validating 1 runs (5 arms × 1 seeds, 4 done before, 1 identical" in capsys.readouterr().out
     again = pd.read_parquet(exp / "validation.parquet").set_index("arm")
-    assert again.loc["fallback_C", "wall_time_s"] == runs.loc["trial-0", "wall_time_s"]
+    assert again.loc["fallback_C", "wall_time_s"] == runs.loc[twin, "wall_time_s"]
 
 
 def test_validate_joins_the_cluster_given_by_address_before_writing(tmp_path, monkeypatch):
@@ -476,13 +478,13 @@ def test_fallbacks_are_forward_kl_whatever_the_search_trained(tmp_path):
             assert arms[name]["config"]["loss"]["divergence"] == "forward_kl", name
         assert arms["fallback_A"]["config"]["temperature"]["fixed_value"] == 2.0
         assert arms["fallback_A"]["label"] == "fixed T=2"
-        assert arms["trial-0"]["config"]["loss"]["divergence"] == "reverse_kl"
-        assert "reverse KL" in arms["trial-0"]["label"]
-        assert arms["trial-1"]["config"]["loss"]["jsd_beta"] == 0.3 and "JSD β 0.3" in arms["trial-1"]["label"]
+        assert arms["t00-rkl"]["config"]["loss"]["divergence"] == "reverse_kl"
+        assert "reverse KL" in arms["t00-rkl"]["label"]
+        assert arms["t01-jsd"]["config"]["loss"]["jsd_beta"] == 0.3 and "JSD β 0.3" in arms["t01-jsd"]["label"]
         assert arms["learnable"]["config"]["loss"]["divergence"] == "reverse_kl"  # the ablation of the best trial
     # trials from before loss.divergence existed read as forward KL (the field's default), not as an error
     trials = pd.read_parquet(exp / "trials.parquet").drop(columns=["loss.divergence", "loss.skew_alpha",
                                                                    "loss.jsd_beta"])
     trials.to_parquet(exp / "trials.parquet")
     arms = {a["arm"]: a for a in make_plan(open_experiment(exp), 1, 1, None, "final", None)["arms"]}
-    assert arms["trial-0"]["config"]["loss"]["divergence"] == "forward_kl"
+    assert arms["t00-rkl"]["config"]["loss"]["divergence"] == "forward_kl"

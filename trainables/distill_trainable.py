@@ -36,14 +36,17 @@ SCRATCH = "ctkd-scratch"
 """The trial's checkpoints, inside its own folder (Ray's trial working directory)."""
 
 
-def train_ctkd(params: dict[str, Any], base: dict[str, Any]) -> None:
-    """Ray Tune function trainable: distill with `base` ← `params`, reporting at every evaluation."""
+def train_ctkd(params: dict[str, Any], base: dict[str, Any], watch: dict[str, str] | None = None) -> None:
+    """Ray Tune function trainable: distill with `base` ← `params`, reporting at every evaluation.
+
+    `watch` ({"experiment": NAME, "tensorboard": DIR}): every step also sets the trial's Ray metrics gauges and
+    writes TensorBoard scalars to DIR/<trial name>/ (see ctkd_tune.tune_watch, ctkd_tune.tboard)."""
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)  # one "Checkpoint created" per eval
     params = {k: v for k, v in params.items() if k != OPTUNA_TRIAL_KEY}
     cfg = worker_setup(trial_config(base, params))  # ConfigError → the trial errors, with the message
     work = Path(tune.get_context().get_trial_dir()) / SCRATCH
     shutil.rmtree(work, ignore_errors=True)  # what an attempt killed without its `finally` left
-    setup = run = None
+    setup = run = board = gauges = None
     started, before = time.perf_counter(), 0.0  # wall time of this attempt, and of earlier ones (from the checkpoint)
     try:
         resume = None
@@ -60,11 +63,17 @@ def train_ctkd(params: dict[str, Any], base: dict[str, Any]) -> None:
                     runaway.update(row)
             del state
 
+        if watch:
+            board, gauges = _watchers(watch, params)
+
         def row(metrics: dict[str, Any], status: str, reason: str) -> dict[str, Any]:
             return {**metrics, "ctkd/evals_at_bound": runaway.count, "status": status, "stop_reason": reason,
                     "wall_time_s": before + time.perf_counter() - started, "reported_at": time.time(), **params}
 
         def report(metrics: dict[str, Any], saved: Path | None) -> None:
+            if gauges is not None:
+                gauges.set(metrics)
+                board.log(metrics)
             if "val/ppl" not in metrics:
                 return
             runaway.update(metrics)
@@ -81,11 +90,24 @@ def train_ctkd(params: dict[str, Any], base: dict[str, Any]) -> None:
                              "step": min(run.summary["steps"] + 1, cfg.train.steps)}, "diverged",
                             run.summary["status"]))
     finally:
+        if board is not None:
+            board.close()
         del setup, run
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _watchers(watch: dict[str, str], params: dict[str, Any]):
+    """This trial's TensorBoard run (DIR/<trial name>) and Ray metrics gauges."""
+    from ctkd_tune.names import path_name
+    from ctkd_tune.tboard import Board
+    from ctkd_tune.tune_watch import TrialGauges
+
+    name = tune.get_context().get_trial_name()
+    board = Board(Path(watch["tensorboard"]) / path_name(name), hparams=params)
+    return board, TrialGauges(watch["experiment"], name)
 
 
 def _finite(value: Any) -> bool:
