@@ -104,7 +104,7 @@ def test_a_space_with_an_infinite_bound_is_one_line(no_ray, tmp_path, capsys):
     ("jsonl", '{"text": "To be"}\n{"text": 42}\n', "line 2: text column 'text' holds a int, not a string"),
     ("jsonl", '{"text": "To be"}\n{"text": \n', "line 2: not valid JSON"),
     ("parquet", None, "text column 'text' holds int64 values, not strings"),
-    ("block", None, "data.block_size 1000 exceeds the teacher's context length"),
+    ("block", None, "data.block_size (1000) is longer than model.teacher's context (256 tokens)"),
 ])
 def test_bad_data_is_one_line_naming_the_file(kind, content, message, tmp_path, capsys):
     data = tmp_path / f"data.{'parquet' if kind == 'parquet' else 'jsonl'}"
