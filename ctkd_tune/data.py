@@ -25,7 +25,7 @@ import torch
 
 from ctkd_tune.cache import cache_dir
 from ctkd_tune.embedded import BUILTIN_NAMES, corpus_documents, corpus_files
-from ctkd_tune.instruct import DataError, ExampleData, example_batch, example_eval_batches, is_datasets_dir, \
+from ctkd_tune.instruct import ExampleData, example_batch, example_eval_batches, is_datasets_dir, \
     load_examples, read_rows
 
 SUFFIXES = (".txt", ".jsonl", ".parquet")

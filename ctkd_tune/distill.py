@@ -32,15 +32,16 @@ from ctkd_tune.config import Config, ConfigError
 from ctkd_tune import fused_step
 from ctkd_tune.ctkd import lambda_at
 from ctkd_tune.losses import kd_loss
+from ctkd_tune.evaluation import MAX_LOSS, evaluate, reference_points
 from ctkd_tune.data import TokenData, held_out_batches, load_data, max_token_id, resolve_source, train_batch
 from ctkd_tune.instruct import IGNORE_INDEX, DataError, ExampleData
+from ctkd_tune.progress import ProgressLines, print_report
 from ctkd_tune.models import Teacher, check_block_size, check_context, check_model_paths, check_same_vocabulary, \
     count_parameters, load_student, load_teacher, load_tokenizer, model_context, resolve_device
 from ctkd_tune.teacher_states import TeacherOutputs
 from ctkd_tune.temperature import Temperature, temperature_stats
 
 Report = Callable[[dict[str, Any], "Path | None"], None]
-MAX_LOSS = 700.0  # exp(700) ≈ 1e304, near float64's largest: a validation loss beyond it counts as divergence
 
 
 @dataclass
@@ -157,53 +158,6 @@ def loss_step(cfg: Config, student: nn.Module, temperature: Temperature, align: 
         diff = (aligned - teacher_out.hidden.float()).pow(2).mean(-1)  # (B, T)
         loss = loss + cfg.loss.align_weight * (diff.mean() if mask is None else diff[mask].mean())
     return loss, kd, ce, tau if tau.dim() == 0 or mask is None else tau[mask.flatten()]
-
-
-@torch.no_grad()
-def evaluate(student: nn.Module, teacher: TeacherOutputs, batches: list[tuple[torch.Tensor, ...]],
-             chunk_size: int, autocast, with_teacher: bool = False) -> dict[str, float]:
-    """Held-out student perplexity, KL to the teacher at T = 1, and top-1 agreement with the teacher, over the
-    tokens the loss counts (every token of text; the response tokens of instruction data); with_teacher adds the
-    teacher's own perplexity on those tokens as "teacher/ppl"."""
-    student.eval()
-    ce_sum = teacher_ce_sum = kl_sum = agree = count = 0.0
-    for i, (x, y, attention_mask) in enumerate(batches):
-        with autocast():
-            teacher_logits = teacher.held_out(i, x, attention_mask).logits  # (B, T, V)
-            student_logits = student(x, attention_mask=attention_mask).logits  # (B, T, V)
-        mask = y != IGNORE_INDEX  # (B, T)
-        n = mask.sum().item()
-        ce_sum += F.cross_entropy(student_logits.flatten(0, 1).float(), y.flatten(), ignore_index=IGNORE_INDEX,
-                                  reduction="sum").item()
-        if with_teacher:
-            teacher_ce_sum += F.cross_entropy(teacher_logits.flatten(0, 1).float(), y.flatten(),
-                                              ignore_index=IGNORE_INDEX, reduction="sum").item()
-        kl_sum += kd_loss(student_logits, teacher_logits, 1.0, mask=mask, chunk_size=chunk_size).item() * n
-        agree += ((student_logits.argmax(-1) == teacher_logits.argmax(-1)) & mask).sum().item()
-        count += n
-    student.train()
-    ce = ce_sum / count
-    metrics = {"val/loss": ce, "val/ppl": math.exp(min(ce, MAX_LOSS)), "val/kl": kl_sum / count,
-               "val/top1_agreement": agree / count}
-    if with_teacher:
-        metrics["teacher/ppl"] = math.exp(min(teacher_ce_sum / count, MAX_LOSS))
-    return metrics
-
-
-def reference_points(student: nn.Module, teacher: TeacherOutputs, batches: list[tuple[torch.Tensor, ...]],
-                     evaluate_on: Callable[..., dict[str, float]], chunk: float, autocast) -> dict[str, float]:
-    """The run's own yardsticks, measured before the first step: the teacher's held-out perplexity and the
-    student's (on the same tokens). The relative sanity checks and the divergence stop are judged against them.
-    `evaluate_on` is this run's evaluation (`evaluate`, or the fused path's) and `chunk` its chunk setting."""
-    metrics = evaluate_on(student, teacher, batches, chunk, autocast, with_teacher=True)
-    return {"ref/teacher_val_ppl": metrics["teacher/ppl"], "ref/student_val_ppl_start": metrics["val/ppl"]}
-
-
-def print_report(metrics: dict[str, Any], checkpoint: Path | None = None) -> None:
-    """The CLI's reporter: one line per evaluation (the progress bar shows every step)."""
-    if "val/ppl" in metrics:
-        tqdm.write(f"step {metrics['step']:>6}  val/ppl {metrics['val/ppl']:9.2f}  val/kl {metrics['val/kl']:.4f}  "
-                   f"T {metrics['ctkd/temperature']:.3f}  λ {metrics['ctkd/lambda']:.3f}")
 
 
 def distill(cfg: Config, report: Report = print_report, *, setup: Setup | None = None,
@@ -326,23 +280,6 @@ def distill(cfg: Config, report: Report = print_report, *, setup: Setup | None =
 
     summary = summarize(cfg, history, status, wall_before + time.perf_counter() - started, references)
     return RunResult(summary, history, student)
-
-
-class ProgressLines:
-    """Progress without a terminal (logs, CI, Ray workers): one line every `every` steps or `seconds` seconds."""
-
-    def __init__(self, every: int, seconds: float, total: int):
-        self.every, self.seconds, self.total = every, seconds, total
-        self.last = time.perf_counter()
-
-    def maybe_print(self, row: dict[str, Any]) -> None:
-        now = time.perf_counter()
-        if row["step"] % self.every and now - self.last < self.seconds and row["step"] != self.total:
-            return
-        self.last = now
-        print(f"step {row['step']}/{self.total}  loss {row['train/loss']:.4f}  kd {row['train/kd_loss']:.4f}  "
-              f"ce {row['train/ce_loss']:.4f}  T {row['ctkd/temperature']:.3f}  λ {row['ctkd/lambda']:.3f}  "
-              f"lr {row['train/lr']:.2e}  {row['train/tokens_per_s']:.0f} tok/s", file=sys.stderr, flush=True)
 
 
 def _last(history: list[dict[str, Any]], key: str) -> float:

@@ -1,6 +1,6 @@
 """The loop's fused path: the models' bodies give last hidden states, ``fused_loss`` applies the heads chunk by chunk.
 
-`loss.fused` chooses: `false` is the logits path (`distill.loss_step` / `distill.evaluate`); `true` and `auto` take
+`loss.fused` chooses: `false` is the logits path (`distill.loss_step` / `evaluation.evaluate`); `true` and `auto` take
 this path when both models' logits are a plain linear head on their body's last hidden state, which
 `fused_blocker` checks (an nn.Linear head, no logit soft-capping or scale in the config, and logits equal to
 head(body(x)) on a probe batch). `true` on a model that cannot is a ConfigError naming the model; `auto` falls back
@@ -14,7 +14,6 @@ holds (tokens × vocab) logits, so the vocabulary of a real LLM (49k–152k) cos
 
 from __future__ import annotations
 
-import math
 import sys
 
 import torch
@@ -22,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ctkd_tune.config import Config, ConfigError
+from ctkd_tune.evaluation import held_out_metrics
 from ctkd_tune.fused_loss import fused_eval_sums, fused_kd_ce_loss, fused_token_features
 from ctkd_tune.teacher_states import TeacherOutputs
 from ctkd_tune.temperature import Temperature
@@ -122,10 +122,8 @@ def loss_step(cfg: Config, student: nn.Module, temperature: Temperature, align: 
 @torch.no_grad()
 def evaluate(student: nn.Module, teacher: TeacherOutputs, batches: list[tuple[torch.Tensor, ...]],
              chunk_mb: float, autocast, with_teacher: bool = False) -> dict[str, float]:
-    """`distill.evaluate` on the fused path: held-out perplexity, KL at T = 1 and top-1 agreement, chunk by chunk;
+    """`evaluation.evaluate` on the fused path: held-out perplexity, KL at T = 1 and top-1 agreement, chunk by chunk;
     with_teacher adds the teacher's own perplexity as "teacher/ppl". Batches are (x, y, None): text data."""
-    from ctkd_tune.distill import MAX_LOSS  # here: distill imports this module
-
     student.eval()
     ce_sum = teacher_ce_sum = kl_sum = agree = count = 0.0
     for i, (x, y, *_) in enumerate(batches):
@@ -141,9 +139,4 @@ def evaluate(student: nn.Module, teacher: TeacherOutputs, batches: list[tuple[to
         ce_sum, kl_sum, agree, count = (ce_sum + sums["ce_sum"], kl_sum + sums["kl_sum"],
                                         agree + sums["top1_agree"], count + sums["tokens"])
     student.train()
-    ce = ce_sum / count
-    metrics = {"val/loss": ce, "val/ppl": math.exp(min(ce, MAX_LOSS)), "val/kl": kl_sum / count,
-               "val/top1_agreement": agree / count}
-    if with_teacher:
-        metrics["teacher/ppl"] = math.exp(min(teacher_ce_sum / count, MAX_LOSS))
-    return metrics
+    return held_out_metrics(ce_sum, kl_sum, agree, count, teacher_ce_sum if with_teacher else None)

@@ -23,7 +23,10 @@ import dataclasses
 import logging
 import os
 import shutil
+import signal
 import sys
+import threading
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -141,3 +144,47 @@ def trials_that_fit(cpus_per_trial: float, gpus_per_trial: float) -> int:
             raise ConfigError(f"--gpus-per-trial {gpus_per_trial} but the cluster has {gpus:g} GPUs")
         limit = min(limit, int(gpus // gpus_per_trial))
     return max(1, limit)
+
+
+def open_cluster(address: str | None, dashboard_host: str = "127.0.0.1") -> bool:
+    """`connect`, saying where the dashboard is and how to log in; True if we started the Ray (then ours to stop).
+
+    A new local Ray turns token auth on (unless RAY_AUTH_MODE says otherwise): it is never switched off here.
+    """
+    if not address and dashboard_host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"ctkd-tune: WARNING: the Ray dashboard will listen on {dashboard_host}: whoever reaches it with "
+              "the token can run code here (Jobs API, CVE-2023-48022). Prefer 127.0.0.1 and an SSH tunnel.")
+    started, context = connect(address, include_dashboard=True, dashboard_host=dashboard_host)
+    url = getattr(context, "dashboard_url", None)
+    if started and url:
+        port = url.rsplit(":", 1)[-1]
+        print(f"ctkd-tune: Ray dashboard: http://{url}")
+        if os.environ.get("RAY_AUTH_MODE", "").lower() == "token":
+            print("ctkd-tune: token auth is on: the page asks for the token; print it with `ray get-auth-token`"
+                  f" (remote: ssh -L {port}:localhost:{port} HOST, then open http://localhost:{port})")
+        else:
+            print(f"ctkd-tune: WARNING: Ray token auth is off (RAY_AUTH_MODE={os.environ.get('RAY_AUTH_MODE')!r})")
+    return started
+
+
+@contextmanager
+def stop_on_signals(stopped: list[str]):
+    """SIGTERM and SIGHUP (timeout, Slurm, Kubernetes, a closed terminal) act as Ctrl-C: Tune stops the trials at
+    their last checkpoint and saves its state; `stopped` records the signal."""
+    def handle(signum, frame) -> None:
+        stopped.append(signal.Signals(signum).name)
+        handler = signal.getsignal(signal.SIGINT)  # Tune's while it runs, else Python's KeyboardInterrupt
+        if callable(handler):
+            handler(signal.SIGINT, frame)
+        else:
+            raise KeyboardInterrupt
+
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            previous[sig] = signal.signal(sig, handle)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

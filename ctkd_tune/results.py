@@ -29,6 +29,7 @@ from ctkd_tune.checks import temperature_drift
 from ctkd_tune.config import Config, dump_yaml, from_dict
 from ctkd_tune.io import atomic_write_parquet
 from ctkd_tune.names import trial_name
+from ctkd_tune.values import error_line, finite
 
 OPTUNA_TRIAL_KEY = "optuna_trial"
 """Key the searcher adds to each trial's config: the Optuna trial number (not a config override)."""
@@ -90,7 +91,7 @@ def record_from_result(result) -> TrialRecord:
     frame = result.metrics_dataframe
     reports = frame.to_dict("records") if frame is not None and len(frame) else []
     return TrialRecord(dict(result.config or {}), dict(result.metrics or {}), reports,
-                       None if result.error is None else _first_line(result.error), str(result.path))
+                       None if result.error is None else error_line(result.error), str(result.path))
 
 
 def record_from_dir(path: str | Path, error: bool = False) -> TrialRecord | None:
@@ -135,7 +136,7 @@ def build_tables(records: Iterable[Any], base: dict[str, Any], *, ppl_threshold:
         last = dict(record.metrics or {})
         trial_id = last.get("trial_id") or Path(str(record.path)).name
         reports = _reports(record.reports)
-        evals = [r for r in reports if r.get("status") != "diverged" and _finite(r.get("val/ppl"))]
+        evals = [r for r in reports if r.get("status") != "diverged" and finite(r.get("val/ppl"))]
         best = min(evals, key=lambda r: r["val/ppl"]) if evals else {}
         state = optuna_states.get(number)
         status, reason = trial_outcome(last, record.error is not None, ppl_threshold, runaway_patience)
@@ -305,7 +306,7 @@ def search_progress(trials, curves):
     for trial_id, ended in ends.items():
         status = info["status"].get(trial_id)
         value = _plain(info["final_val_ppl"].get(trial_id))
-        if status == "completed" and _finite(value):
+        if status == "completed" and finite(value):
             best = min(best, value)
         rows.append({"trial_id": trial_id, "steps_spent": _steps_spent(reports[reports["reported_at"] <= ended]),
                      "status": status, "final_val_ppl": value, "best_so_far": best if best < math.inf else None})
@@ -338,14 +339,3 @@ def _plain(value: Any) -> Any:
     except TypeError:
         return None
     return value
-
-
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and math.isfinite(value)
-
-
-def _first_line(error: BaseException) -> str:
-    cause = getattr(error, "cause", None) or error
-    text = str(cause).strip()
-    line = next((l for l in reversed(text.splitlines()) if l.strip() and not l.startswith(" ")), "") if text else ""
-    return line or type(cause).__name__

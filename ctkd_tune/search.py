@@ -25,8 +25,7 @@ from __future__ import annotations
 import math
 import os
 import shutil
-import signal
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,7 +38,7 @@ from ctkd_tune.checks import default_ppl_threshold
 from ctkd_tune.config import Config, ConfigError, from_dict
 from ctkd_tune.io import atomic_write_json
 from ctkd_tune.lock import experiment_lock
-from ctkd_tune.raycluster import check_local_resources, trials_that_fit
+from ctkd_tune.raycluster import check_local_resources, open_cluster, stop_on_signals, trials_that_fit
 from ctkd_tune.results import record_from_result
 from ctkd_tune.search_folder import (SearchResult, any_unfinished, check_no_unfinished_trials, final_tables,
                                      live_record, open_storage, ray_storage, read_state, rebuild_search_tables,
@@ -162,7 +161,7 @@ def run_search(base_cfg: Config | None, settings: SearchSettings | None = None, 
         limit = s.max_concurrent or trials_that_fit(params["cpus_per_trial"], params["gpus_per_trial"])
         if state is None:
             held.enter_context(experiment_lock(directory, "search"))
-        with _stop_on_signals(stopped):
+        with stop_on_signals(stopped):
             storage = open_storage(directory)
             runs = state["runs"] if state else []
             if not resume:
@@ -313,52 +312,9 @@ def _prepare_shared(cfg: Config) -> None:
     del setup
 
 
-@contextmanager
-def _stop_on_signals(stopped: list[str]):
-    """SIGTERM and SIGHUP (timeout, Slurm, Kubernetes, a closed terminal) act as Ctrl-C: Tune stops the trials at
-    their last checkpoint and saves its state; `stopped` records the signal."""
-    import threading
-
-    def handle(signum, frame) -> None:
-        stopped.append(signal.Signals(signum).name)
-        handler = signal.getsignal(signal.SIGINT)  # Tune's while it runs, else Python's KeyboardInterrupt
-        if callable(handler):
-            handler(signal.SIGINT, frame)
-        else:
-            raise KeyboardInterrupt
-
-    previous = {}
-    if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGTERM, signal.SIGHUP):
-            previous[sig] = signal.signal(sig, handle)
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
 def _init_ray(address: str | None, dashboard_host: str) -> bool:
     """Connect to `address`, or start a local Ray with the dashboard on `dashboard_host`; True if we started it."""
-    from ctkd_tune.raycluster import connect
-
     if address and address.startswith("ray://"):  # Tune then runs the search loop (and Optuna's sqlite) remotely
         print("ctkd-tune: note: with ray:// the searcher runs on the head node: give a --results-dir on storage "
               "it shares with this machine (or run `ctkd-tune search --address auto` on the head node)")
-    if not address and dashboard_host not in ("127.0.0.1", "localhost", "::1"):
-        print(f"ctkd-tune: WARNING: the Ray dashboard will listen on {dashboard_host}: whoever reaches it with "
-              "the token can run code here (Jobs API, CVE-2023-48022). Prefer 127.0.0.1 and an SSH tunnel.")
-    # A new local Ray turns token auth on (unless RAY_AUTH_MODE says otherwise): we never switch it off.
-    started, context = connect(address, include_dashboard=True, dashboard_host=dashboard_host)
-    if not started:
-        return False
-    url = getattr(context, "dashboard_url", None)
-    if url:
-        port = url.rsplit(":", 1)[-1]
-        print(f"ctkd-tune: Ray dashboard: http://{url}")
-        if os.environ.get("RAY_AUTH_MODE", "").lower() == "token":
-            print("ctkd-tune: token auth is on: the page asks for the token; print it with `ray get-auth-token`"
-                  f" (remote: ssh -L {port}:localhost:{port} HOST, then open http://localhost:{port})")
-        else:
-            print(f"ctkd-tune: WARNING: Ray token auth is off (RAY_AUTH_MODE={os.environ.get('RAY_AUTH_MODE')!r})")
-    return True
+    return open_cluster(address, dashboard_host)

@@ -16,18 +16,18 @@ creates, so no parameter set is proposed twice; the sampler is reseeded so the s
 
 from __future__ import annotations
 
-import math
 import shutil
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import optuna
 from ray import tune
 from ray.tune.search.optuna import OptunaSearch
 
 from ctkd_tune.results import OPTUNA_TRIAL_KEY, divergence_reason, trial_outcome
+from ctkd_tune.values import finite
 
 ORPHAN_REASON = "the search's driver died before Ray Tune recorded this trial"
 UNFINISHED = (optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING)
@@ -104,7 +104,7 @@ class CTKDOptunaSearch(OptunaSearch):
 
     def _report(self, ot_trial, result: dict) -> None:
         value, step = result.get(self.metric), result.get("step")
-        if result.get("status") != "diverged" and _finite(value) and _finite(step):
+        if result.get("status") != "diverged" and finite(value) and finite(step):
             with warnings.catch_warnings():  # a resumed trial may repeat a step: optuna keeps the first, and warns
                 warnings.simplefilter("ignore")
                 ot_trial.report(value, int(step))
@@ -185,7 +185,3 @@ def _remove_scratch(trial) -> None:
     for folder in (trial.path, trial.local_path):
         if folder and "://" not in str(folder):
             shutil.rmtree(Path(folder) / "ctkd-scratch", ignore_errors=True)
-
-
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

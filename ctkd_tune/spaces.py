@@ -33,6 +33,7 @@ import optuna
 
 from ctkd_tune.config import Config, ConfigError, apply_overrides, from_dict, load_yaml_file
 from ctkd_tune.arms import KNOWN_POINTS
+from ctkd_tune.values import error_line
 
 __all__ = ["DEFAULT_SPACE", "YamlSpace", "SpaceInfo", "load_space", "check_space", "trial_config"]
 
@@ -176,7 +177,7 @@ def _run_space(space: Space, trial, name: str) -> dict[str, Any]:
     try:
         returned = space(trial)
     except Exception as err:  # optuna's ValueError for low > high, a TypeError in user code, ...
-        raise ConfigError(f"search space {name} failed: {type(err).__name__}: {_first_line(err)}") from None
+        raise ConfigError(f"search space {name} failed: {error_line(err, with_type=True)}") from None
     if returned is not None and not (isinstance(returned, dict) and all(isinstance(k, str) for k in returned)):
         raise ConfigError(f"search space {name} must return None or a dict with str keys, "
                           f"got {type(returned).__name__}")
@@ -236,11 +237,6 @@ class _CornerSampler(optuna.samplers.BaseSampler):
         if isinstance(distribution, optuna.distributions.CategoricalDistribution):
             return self.rng.choice(distribution.choices)
         return self.rng.choice([distribution.low, distribution.high])
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
 
 
 def _short(value: Any) -> str:

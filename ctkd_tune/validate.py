@@ -35,6 +35,7 @@ from typing import Any
 from ctkd_tune.arms import FALLBACKS
 from ctkd_tune.config import Config, ConfigError, apply_overrides, from_dict
 from ctkd_tune.experiment import VALIDATION, VALIDATION_PLAN, Experiment, open_experiment, read_rows
+from ctkd_tune.lock import experiment_lock
 from ctkd_tune.io import atomic_write_json, atomic_write_text
 from ctkd_tune.validate_runs import execute, finished
 from ctkd_tune.verdict import REFERENCE_ARM, Resolve, Target, Verdict, format_table, judge_plan
@@ -55,42 +56,45 @@ def run_validation(experiment: str | Path, *, top_k: int | None = None, seeds: i
                    resolve: str | None = None) -> ValidationResult:
     """Plan (or continue) the validation of `experiment`, run what is missing on Ray, judge, write, print."""
     exp = open_experiment(experiment)
-    if cpus_per_run <= 0 or gpus_per_run < 0:
-        raise ConfigError(f"--cpus-per-run must be > 0, got {cpus_per_run}")
-    plan_path, table_path = exp.directory / VALIDATION_PLAN, exp.directory / VALIDATION
-    target, difference = _target(ppl_target, target_vs), None if resolve is None else parse_resolve(resolve)
-    if resume:
-        plan = exp.plan()
-        if plan is None:
-            raise ConfigError(f"--resume: no validation to continue in {exp.directory}")
-        given = {"top_k": top_k, "steps": steps, "rank_by": rank_by}
-        for key, value in given.items():
-            if value is not None and value != plan[key]:
-                raise ConfigError(f"--resume continues the validation planned with --{key.replace('_', '-')} "
-                                  f"{plan[key]}; drop --{key.replace('_', '-')} {value} (or delete {VALIDATION_PLAN})")
-        if seeds is not None:
-            plan["seeds"] = more_seeds(plan["seeds"], seeds)
-        if target is not None:
-            plan["target"] = target.__dict__
-        if difference is not None:
-            plan["resolve"] = difference.__dict__
-    else:
-        if plan_path.exists() or table_path.exists():
-            raise ConfigError(f"{exp.directory} already holds a validation: continue it with --resume, or delete "
-                              f"{VALIDATION_PLAN} and {VALIDATION}")
-        plan = make_plan(exp, 3 if top_k is None else top_k, 3 if seeds is None else seeds, steps,
-                         rank_by or "final", target)
-        plan["resolve"] = (difference or Resolve()).__dict__
-    rows, curves = finished(exp.directory, plan) if resume else ([], [])
-    done = {(r["arm"], r["seed"]) for r in rows}
-    # seed-major order: an interrupted validation leaves whole seeds, i.e. pairs comparable across arms
-    todo = [(arm, seed) for seed in plan["seeds"] for arm in plan["arms"] if (arm["arm"], seed) not in done]
-    if todo:
-        # writes the plan first
-        execute(exp.directory, plan, todo, rows, curves, cpus_per_run, gpus_per_run, address)
-    else:
-        atomic_write_json(plan_path, plan)
-    return finish(exp.directory, plan)
+    # one driver per experiment: a validation never runs beside its search or another validation
+    with experiment_lock(exp.directory, "validate"):
+        if cpus_per_run <= 0 or gpus_per_run < 0:
+            raise ConfigError(f"--cpus-per-run must be > 0, got {cpus_per_run}")
+        plan_path, table_path = exp.directory / VALIDATION_PLAN, exp.directory / VALIDATION
+        target, difference = _target(ppl_target, target_vs), None if resolve is None else parse_resolve(resolve)
+        if resume:
+            plan = exp.plan()
+            if plan is None:
+                raise ConfigError(f"--resume: no validation to continue in {exp.directory}")
+            given = {"top_k": top_k, "steps": steps, "rank_by": rank_by}
+            for key, value in given.items():
+                if value is not None and value != plan[key]:
+                    flag = f"--{key.replace('_', '-')}"
+                    raise ConfigError(f"--resume continues the validation planned with {flag} {plan[key]}; "
+                                      f"drop {flag} {value} (or delete {VALIDATION_PLAN})")
+            if seeds is not None:
+                plan["seeds"] = more_seeds(plan["seeds"], seeds)
+            if target is not None:
+                plan["target"] = target.__dict__
+            if difference is not None:
+                plan["resolve"] = difference.__dict__
+        else:
+            if plan_path.exists() or table_path.exists():
+                raise ConfigError(f"{exp.directory} already holds a validation: continue it with --resume, or delete "
+                                  f"{VALIDATION_PLAN} and {VALIDATION}")
+            plan = make_plan(exp, 3 if top_k is None else top_k, 3 if seeds is None else seeds, steps,
+                             rank_by or "final", target)
+            plan["resolve"] = (difference or Resolve()).__dict__
+        rows, curves = finished(exp.directory, plan) if resume else ([], [])
+        done = {(r["arm"], r["seed"]) for r in rows}
+        # seed-major order: an interrupted validation leaves whole seeds, i.e. pairs comparable across arms
+        todo = [(arm, seed) for seed in plan["seeds"] for arm in plan["arms"] if (arm["arm"], seed) not in done]
+        if todo:
+            # writes the plan first
+            execute(exp.directory, plan, todo, rows, curves, cpus_per_run, gpus_per_run, address)
+        else:
+            atomic_write_json(plan_path, plan)
+        return finish(exp.directory, plan)
 
 
 def make_plan(exp: Experiment, top_k: int, n_seeds: int, steps: int | None, rank_by: str,

@@ -20,10 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from ctkd_tune.config import Config, ConfigError, apply_overrides, from_dict
-from ctkd_tune.experiment import VALIDATION, VALIDATION_CURVES, VALIDATION_PLAN, finite, read_rows
+from ctkd_tune.experiment import VALIDATION, VALIDATION_CURVES, VALIDATION_PLAN, read_rows
 from ctkd_tune.io import atomic_write_json, atomic_write_parquet
+from ctkd_tune.raycluster import open_cluster
 from ctkd_tune.verdict import run_metrics
+from ctkd_tune.values import error_line, finite
 
+# the few of results.CURVE_METRICS a validation run keeps per evaluation (a contract test holds it to that list)
 CURVE_KEYS = ("ctkd/temperature", "ctkd/temperature_min", "ctkd/temperature_max", "ctkd/lambda", "val/ppl")
 STUDENTS = Path("validation") / "students"
 
@@ -40,7 +43,7 @@ def execute(directory: Path, plan: dict[str, Any], todo: list, rows: list, curve
     import ray
 
     arms = {a["arm"]: a for a in plan["arms"]}
-    started = _init_ray(address)
+    started = open_cluster(address)
     try:
         available = ray.cluster_resources().get("CPU", 0)
         if cpus > available:
@@ -73,7 +76,8 @@ def execute(directory: Path, plan: dict[str, Any], todo: list, rows: list, curve
                 try:
                     out = ray.get(ready[0])
                 except Exception as err:  # a run that raised: recorded, re-run by --resume
-                    out = {"metrics": {"status": "error", "stop_reason": _first_line(err)}, "curve": []}
+                    reason = error_line(err, with_type=True)[:300]
+                    out = {"metrics": {"status": "error", "stop_reason": reason}, "curve": []}
                 rows.append(run_row(arms[name], seed, out["metrics"]))
                 curves += [{"arm": name, "seed": seed, **c} for c in out["curve"]]
                 _write(directory, rows, curves)
@@ -166,17 +170,6 @@ def finished(directory: Path, plan: dict[str, Any]) -> tuple[list, list]:
     return rows, [c for c in curves if (c["arm"], c["seed"]) in keep]
 
 
-def _init_ray(address: str | None) -> bool:
-    """Connect to `address` (auto, ray://HOST:PORT, or RAY_ADDRESS when None), else start a local Ray."""
-    from ctkd_tune.raycluster import connect
-
-    started, context = connect(address, include_dashboard=True, dashboard_host="127.0.0.1")
-    url = getattr(context, "dashboard_url", None)
-    if url:  # as `search` does: the runs are actors there, with their logs
-        print(f"ctkd-tune: Ray dashboard: http://{url} (token: `ray get-auth-token`)")
-    return started
-
-
 def _rectangular(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     keys = list(dict.fromkeys(key for row in rows for key in row))
     return [{key: row.get(key) for key in keys} for row in rows]
@@ -186,8 +179,3 @@ def _mkdir(path: Path) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     return path
 
-
-def _first_line(err: BaseException) -> str:
-    cause = getattr(err, "cause", None) or err
-    lines = [line for line in str(cause).strip().splitlines() if line.strip()]
-    return f"{type(cause).__name__}: {lines[-1] if lines else ''}"[:300]

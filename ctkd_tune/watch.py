@@ -21,6 +21,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
+from ctkd_tune.values import finite
 
 WIDTH = 100
 NAME_WIDTH = 40
@@ -81,7 +82,7 @@ def render(rows: Iterable[TrialRow], *, elapsed_s: float | None, step_rate: floa
 
 def best_row(rows: Iterable[TrialRow]) -> TrialRow | None:
     """The lowest val/ppl among completed trials; before any completes, among the others that did not fail."""
-    rows = [r for r in rows if _finite(r.val_ppl) and r.state not in FAILED]
+    rows = [r for r in rows if finite(r.val_ppl) and r.state not in FAILED]
     completed = [r for r in rows if r.state == "completed"]
     pool = completed or rows
     return min(pool, key=lambda r: r.val_ppl) if pool else None
@@ -202,7 +203,7 @@ def _row_from_study(trial, max_t: int, curve: dict[str, Any]) -> TrialRow:
 
     values = trial.intermediate_values  # {step: val/ppl}, reported at every evaluation
     step = max(values) if values else 0
-    if _finite(curve.get("step")) and curve["step"] > step:
+    if finite(curve.get("step")) and curve["step"] > step:
         step = int(curve["step"])
     ppl = values[max(values)] if values else curve.get("val/ppl")
     state = trial.user_attrs.get("status") or {"RUNNING": "running", "WAITING": "pending", "COMPLETE": "completed",
@@ -223,11 +224,8 @@ def _fit(name: str) -> str:
 
 
 def _fmt(value: float | None, width: int, digits: int) -> str:
-    return f"{value:>{width}.{digits}f}" if _finite(value) else f"{'–':>{width}}"
+    return f"{value:>{width}.{digits}f}" if finite(value) else f"{'–':>{width}}"
 
-
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _plain(value: Any) -> Any:

@@ -7,6 +7,8 @@ Adding a λ schedule, a temperature mode, a granularity or a divergence means ad
 to the one table that implements it; these tests fail until both (and the default search space) agree.
 """
 
+import pytest
+
 from ctkd_tune.config import GRANULARITIES, LEARNED_MODES, SCHEDULE_TYPES, TEMPERATURE_MODES
 from ctkd_tune.ctkd import LAMBDA_SCHEDULES
 from ctkd_tune.temperature import LEARNED, SET
@@ -63,3 +65,32 @@ def test_the_divergence_space_offers_exactly_the_configs_divergences():
     trial = RecordingTrial()
     divergence_space(trial)
     assert trial.choices["loss.divergence"] == list(DIVERGENCES)
+
+
+def test_validation_curves_keep_a_subset_of_the_searchs_curve_metrics():
+    from ctkd_tune.results import CURVE_METRICS
+    from ctkd_tune.validate_runs import CURVE_KEYS
+
+    assert set(CURVE_KEYS) <= set(CURVE_METRICS) and "val/ppl" in CURVE_KEYS
+
+
+@pytest.mark.parametrize("value, expected", [(1, True), (2.5, True), (float("nan"), False), (float("inf"), False),
+                                             (None, False), ("3", False), (True, False)])
+def test_finite_accepts_real_finite_numbers_only(value, expected):
+    from ctkd_tune.values import finite
+
+    assert finite(value) is expected
+
+
+def test_error_line_names_the_exception_not_the_traceback():
+    from ctkd_tune.values import error_line
+
+    class TaskError(Exception):  # as Ray's: the worker's exception as .cause, a traceback as its text
+        def __init__(self, cause):
+            super().__init__("ray::trial()\n  File \"x.py\", line 1\n    raise\nValueError: tau_min must be > 0")
+            self.cause = cause
+
+    assert error_line(ValueError("bad α\nmore detail")) == "bad α"
+    assert error_line(TaskError(ValueError("tau_min must be > 0")), with_type=True) == "ValueError: tau_min must be > 0"
+    assert error_line(Exception("Traceback (most recent call last):\n  File \"x\"\nKeyError: 'k'")) == "KeyError: 'k'"
+    assert error_line(RuntimeError()) == "RuntimeError"

@@ -19,7 +19,6 @@ import pandas as pd
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
-import sqlalchemy.exc
 
 from ctkd_tune.config import Config, ConfigError, load_config
 from ctkd_tune.results import STATUSES, config_from_row, search_progress, steps_to_target, trial_outcome
@@ -34,14 +33,6 @@ TRIAL_COLUMNS = {"trial_id", "optuna_trial", "optuna_state", "run", "status", "s
 CURVE_COLUMNS = {"trial_id", "optuna_trial", "step", "status", "val/ppl", "val/kl", "val/top1_agreement",
                  "train/kd_loss", "ctkd/temperature", "ctkd/lambda", "reported_at"}
 OPTUNA_STATE = {"completed": "COMPLETE", "pruned": "PRUNED", "diverged": "FAIL", "error": "FAIL"}
-
-
-@pytest.fixture(scope="module")
-def ray_cluster():
-    os.environ["RAY_CHDIR_TO_TRIAL_DIR"] = "0"
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
-    yield ray.get_runtime_context().gcs_address
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -188,6 +179,12 @@ def test_diverging_trials_are_recorded_with_a_reason(ray_cluster, base, tmp_path
 
 # --- resume and extension -----------------------------------------------------------------------------------------
 
+def _second_trial_checkpointed(run) -> bool:
+    """One trial at a time, so a second trial folder means the first has ended; has the newest one checkpointed?"""
+    folders = sorted(p for p in run.glob("t[0-9]*") if p.is_dir()) if run.exists() else []
+    return len(folders) >= 2 and any(folders[-1].glob("checkpoint_*"))
+
+
 def test_resume_after_ctrl_c_runs_no_trial_twice(ray_cluster, tmp_path):
     from ctkd_tune.search import SearchSettings as S, run_search
 
@@ -197,20 +194,12 @@ def test_resume_after_ctrl_c_runs_no_trial_twice(ray_cluster, tmp_path):
            "--max-concurrent", "1", "--address", ray_cluster, "--results-dir", str(tmp_path),
            *(a for o in sets for a in ("--set", o))]
     driver = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    # Ray's experiment folder appears once the driver has created the study's tables: reading the database before
-    # would race the driver's own table creation
-    started = tmp_path / "r" / "ray" / "r-run1"
-    deadline = time.time() + 240
-    while time.time() < deadline and driver.poll() is None:  # interrupt once a trial finished and one is under way
-        time.sleep(0.1)
-        if started.exists():
-            try:
-                trials = _study(tmp_path / "r", "r").trials
-            except (KeyError, sqlalchemy.exc.OperationalError):  # no study row yet, or the database is busy
-                continue
-            if any(t.state.is_finished() for t in trials) and any(
-                    t.state.name == "RUNNING" and t.intermediate_values for t in trials):
-                break
+    # interrupt once a trial finished and the next one has checkpointed: read from the trials' own folders, never
+    # from the study's SQLite database, which the driver is writing (a reader could make its write fail as locked)
+    run = tmp_path / "r" / "ray" / "r-run1"
+    deadline = time.time() + 600
+    while time.time() < deadline and driver.poll() is None and not _second_trial_checkpointed(run):
+        time.sleep(0.2)
     if driver.poll() is not None:
         pytest.fail("the search ended before it could be interrupted")
     driver.send_signal(signal.SIGINT)  # Ctrl-C

@@ -224,14 +224,6 @@ def test_a_full_disk_is_one_line_naming_the_file_and_keeps_what_was_written(tmp_
 
 # --- kill -9 of the driver at three moments, then --resume --------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    os.environ["RAY_CHDIR_TO_TRIAL_DIR"] = "0"
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
-    yield ray.get_runtime_context().gcs_address
-    ray.shutdown()
-
-
 HOOK = """
 import sys, time
 from pathlib import Path

@@ -279,18 +279,6 @@ def test_a_fallback_ahead_within_noise_ties_and_one_clearly_ahead_beats():
 # --- real runs ------------------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def ray_cluster():
-    import ray
-
-    started = not ray.is_initialized()  # another test module may have left its own Ray running
-    if started:
-        ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
-    yield
-    if started:
-        ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def validated(tmp_path_factory, ray_cluster):
     """A fabricated experiment validated through the CLI: top-1 trial + 4 reference arms × 2 seeds × 20 steps."""
     exp = fabricate_experiment(tmp_path_factory.mktemp("results") / "exp")

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import gc
 import logging
-import math
 import shutil
 import time
 from pathlib import Path
@@ -31,6 +30,7 @@ from ctkd_tune.distill import distill, prepare
 from ctkd_tune.raycluster import worker_setup
 from ctkd_tune.results import CURVE_METRICS, OPTUNA_TRIAL_KEY
 from ctkd_tune.spaces import trial_config
+from ctkd_tune.values import finite
 
 SCRATCH = "ctkd-scratch"
 """The trial's checkpoints, inside its own folder (Ray's trial working directory)."""
@@ -85,7 +85,7 @@ def train_ctkd(params: dict[str, Any], base: dict[str, Any], watch: dict[str, st
         run = distill(cfg, report, setup=setup, checkpoint_dir=work / "checkpoint", resume=resume, progress=False)
         if run.summary["status"] != "completed":  # diverged: one last finite row that says why
             last = run.history[-1] if run.history else {}
-            kept = {k: last[k] for k in ("ctkd/temperature", "ctkd/lambda") if _finite(last.get(k))}
+            kept = {k: last[k] for k in ("ctkd/temperature", "ctkd/lambda") if finite(last.get(k))}
             tune.report(row({"val/ppl": float(setup.student.config.vocab_size), **kept,
                              "step": min(run.summary["steps"] + 1, cfg.train.steps)}, "diverged",
                             run.summary["status"]))
@@ -108,7 +108,3 @@ def _watchers(watch: dict[str, str], params: dict[str, Any]):
     name = tune.get_context().get_trial_name()
     board = Board(Path(watch["tensorboard"]) / path_name(name), hparams=params)
     return board, TrialGauges(watch["experiment"], name)
-
-
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and math.isfinite(value)
