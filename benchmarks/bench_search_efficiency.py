@@ -60,7 +60,7 @@ def main() -> int:
 
     from ctkd_tune.config import load_config
     from ctkd_tune.distill import prepare
-    from ctkd_tune.results import steps_to_target
+    from ctkd_tune.search_progress import steps_to_target
 
     cfg = load_config(preset=args.preset, overrides=overrides)
     prepare(cfg)  # teacher and tokens cached before any search

@@ -20,6 +20,9 @@ FALLBACK_C = {**RECOMMENDED, "schedule.lambda_max": 0.5, "schedule.warmup_ratio"
 KNOWN_POINTS = [RECOMMENDED, FALLBACK_C]
 """Evaluated first by a search whose study is empty (the parts its space searches, when they lie in range)."""
 
+REFERENCE_ARM = "fallback_A"
+"""The arm every other is compared with, paired by seed: fixed T = 2, forward KL."""
+
 FALLBACKS = {  # arm: (kind, overrides of the search's base config); the plan's fallbacks are all forward KL
     "fallback_A": ("fallback", {"temperature.mode": "fixed", "temperature.fixed_value": 2.0,
                                 "temperature.granularity": "global", "loss.divergence": "forward_kl"}),

@@ -72,28 +72,15 @@ def _documents(entry: str | Path, text_column: str) -> Iterator[str]:
             yield entry.read_text(encoding="utf-8")
         except UnicodeDecodeError as err:
             raise ValueError(f"{entry}: not UTF-8 text (byte {err.start})") from None
-    elif is_datasets_dir(entry):
-        for where, row in read_rows(entry, [text_column]):
+    elif is_datasets_dir(entry) or entry.suffix == ".jsonl":
+        for where, row in read_rows(entry, [text_column]):  # a .jsonl line that is not a JSON object: DataError
             if text_column not in row:
                 raise ValueError(f"text column {text_column!r} missing in {where}")
-            if row[text_column]:
-                yield row[text_column]
-    elif entry.suffix == ".jsonl":
-        with open(entry, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                if line.strip():
-                    try:
-                        row = json.loads(line)
-                    except ValueError as err:
-                        raise ValueError(f"{entry} line {lineno}: not valid JSON ({err})") from None
-                    if not isinstance(row, dict) or text_column not in row:
-                        raise ValueError(f"text column {text_column!r} missing in {entry} line {lineno}")
-                    text = row[text_column]
-                    if text is not None and not isinstance(text, str):
-                        raise ValueError(f"{entry} line {lineno}: text column {text_column!r} holds a "
-                                         f"{type(text).__name__}, not a string")
-                    if text:
-                        yield text
+            text = row[text_column]
+            if text is not None and not isinstance(text, str):
+                raise ValueError(f"{where}: text column {text_column!r} holds a {type(text).__name__}, not a string")
+            if text:
+                yield text
     else:
         import pyarrow as pa
         import pyarrow.parquet as pq

@@ -72,6 +72,19 @@ def reverse_kl_chunk(s, t, tau, work, grad_s=None, need_dtau=False):
     return kl, tau.squeeze(1) * (2 * kl - cov_q - (e_a - (e_b - kl)))
 
 
+def _mixture(s, t, tau, work, weight: float, need_dtau: bool):
+    """The opening skew KL and JSD share: log p (a) and log q (b) at τ, log m = log(w·p + (1−w)·q) for w = `weight`,
+    and E_p[a], E_q[b] when the τ gradient is needed (else None); `tmp` is free scratch afterwards."""
+    a, b, logm, tmp = _views(work, s.shape[0], 4)
+    _log_softmaxes(s, t, tau, a, b, tmp)
+    e_a = e_b = None
+    if need_dtau:
+        e_a, e_b = _expect_log(a, tmp), _expect_log(b, tmp)  # (n,)
+    torch.add(a, math.log(weight), out=tmp)
+    torch.logaddexp(tmp, torch.add(b, math.log1p(-weight), out=logm), out=logm)
+    return a, b, logm, tmp, e_a, e_b
+
+
 def skew_kl_chunk(s, t, tau, work, grad_s=None, need_dtau=False, alpha=0.1):
     """DistiLLM's skew forward KL, KL(p ‖ m) with m = α·p + (1−α)·q, and its τ²-scaled gradients.
 
@@ -81,12 +94,7 @@ def skew_kl_chunk(s, t, tau, work, grad_s=None, need_dtau=False, alpha=0.1):
         ∂(τ²D)/∂τ  = τ · (2D + (Σ w b − W·E_q[b]) − (Σ p(e − α r) a − (D − α Σ p r)·E_p[a]))
     α → 0 gives forward KL, α → 1 gives 0.
     """
-    a, b, logm, tmp = _views(work, s.shape[0], 4)
-    _log_softmaxes(s, t, tau, a, b, tmp)
-    if need_dtau:
-        e_a, e_b = _expect_log(a, tmp), _expect_log(b, tmp)  # (n,) E_p[a], E_q[b]
-    torch.add(a, math.log(alpha), out=tmp)
-    torch.logaddexp(tmp, torch.add(b, math.log1p(-alpha), out=logm), out=logm)  # log m
+    a, b, logm, tmp, e_a, e_b = _mixture(s, t, tau, work, alpha, need_dtau)  # log p, log q, log m
     e = torch.sub(a, logm, out=logm)  # log p − log m, in place of log m
     pe = torch.exp(a, out=tmp).mul_(e)  # p ⊙ e
     kl = pe.sum(-1)  # (n,)
@@ -116,12 +124,7 @@ def jsd_chunk(s, t, tau, work, grad_s=None, need_dtau=False, beta=0.5):
     Symmetric at β = 0.5 (swapping teacher and student); D/β → forward KL as β → 0, D/(1−β) → reverse KL as
     β → 1 (D itself → 0 at both ends: TRL special-cases β = 0 and 1 as those KLs).
     """
-    a, b, logm, tmp = _views(work, s.shape[0], 4)
-    _log_softmaxes(s, t, tau, a, b, tmp)
-    if need_dtau:
-        e_a, e_b = _expect_log(a, tmp), _expect_log(b, tmp)  # (n,) E_p[a], E_q[b]
-    torch.add(a, math.log(beta), out=tmp)
-    torch.logaddexp(tmp, torch.add(b, math.log1p(-beta), out=logm), out=logm)  # log m
+    a, b, logm, tmp, e_a, e_b = _mixture(s, t, tau, work, beta, need_dtau)  # log p, log q, log m
     # teacher side: p ⊙ e_p in place of a; a is rebuilt as e_p + log m (one rounding) for Σ p e_p a
     e_p = torch.sub(a, logm, out=tmp)
     pe = a.exp_().mul_(e_p)

@@ -25,7 +25,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from ctkd_tune.ctkd import token_features
-from ctkd_tune.losses import WORK_BUFFERS, divergence_kernel
+from ctkd_tune.losses import WORK_BUFFERS, divergence_kernel, tau_shaped
 
 MB = 2**20
 IGNORE_INDEX = -100
@@ -232,14 +232,7 @@ class _FusedKDCE(torch.autograd.Function):
 def _tau_and_weights(x: _Heads, tau, labels, mask):
     """τ as () or (N,) in the compute dtype; labels (N,) int64; KD and CE weights (N,) = valid / count."""
     (N, V), dt, dev = x.shape, x.dtype, x.hs.device
-    if not torch.is_tensor(tau):
-        tau = torch.tensor(float(tau), dtype=dt, device=dev)
-    elif tau.numel() == 1:
-        tau = tau.to(dt).reshape(())
-    elif tau.numel() == N:
-        tau = tau.to(dt).reshape(N)
-    else:
-        raise ValueError(f"tau must be a scalar or hold one value per token ({N}), got shape {tuple(tau.shape)}")
+    tau = tau_shaped(tau, N, dt, dev)
     if labels.numel() != N:
         raise ValueError(f"labels has {labels.numel()} entries for {N} tokens")
     labels = labels.reshape(N).to(device=dev, dtype=torch.long)

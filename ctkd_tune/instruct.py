@@ -66,7 +66,7 @@ def read_rows(entry: Path, columns: list[str]) -> Iterator[tuple[str, dict[str, 
                     try:
                         row = json.loads(line)
                     except json.JSONDecodeError as err:
-                        raise DataError(f"{entry} line {lineno}: not JSON ({err.msg})") from None
+                        raise DataError(f"{entry} line {lineno}: not valid JSON ({err.msg})") from None
                     if not isinstance(row, dict):
                         raise DataError(f"{entry} line {lineno}: expected a JSON object, got {type(row).__name__}")
                     yield f"{entry} line {lineno}", row

@@ -183,6 +183,17 @@ def _student_grad(kernel, n_work, s, t, tau_tok, coef, cs, dtype):
     return grad_s
 
 
+def tau_shaped(tau: float | torch.Tensor, n_tokens: int, dtype: torch.dtype, device) -> torch.Tensor:
+    """τ as the losses take it: () for one temperature, (N,) for one per token, in `dtype` on `device`."""
+    if not torch.is_tensor(tau):
+        return torch.tensor(float(tau), dtype=dtype, device=device)
+    if tau.numel() == 1:
+        return tau.to(dtype).reshape(())
+    if tau.numel() == n_tokens:
+        return tau.to(dtype).reshape(n_tokens)
+    raise ValueError(f"tau must be a scalar or hold one value per token ({n_tokens}), got shape {tuple(tau.shape)}")
+
+
 def _prepare(student_logits, teacher_logits, tau, mask):
     """Flatten to (N, V) and build per-token τ () or (N,) and weights (N,) = mask / n_valid."""
     if student_logits.shape != teacher_logits.shape:
@@ -192,16 +203,9 @@ def _prepare(student_logits, teacher_logits, tau, mask):
     s, t = student_logits.reshape(-1, V), teacher_logits.reshape(-1, V)  # (N, V); a copy if not contiguous
     N, device = s.shape[0], s.device
     dtype = torch.promote_types(s.dtype, torch.float32)  # float32, or float64 for float64 inputs
-    if not torch.is_tensor(tau):
-        if not tau > 0:
-            raise ValueError(f"tau must be > 0, got {tau}")
-        tau = torch.tensor(float(tau), dtype=dtype, device=device)
-    elif tau.numel() == 1:
-        tau = tau.to(dtype).reshape(())
-    elif tau.numel() == N:
-        tau = tau.to(dtype).reshape(N)
-    else:
-        raise ValueError(f"tau must be a scalar or hold one value per token ({N}), got shape {tuple(tau.shape)}")
+    if not torch.is_tensor(tau) and not tau > 0:
+        raise ValueError(f"tau must be > 0, got {tau}")
+    tau = tau_shaped(tau, N, dtype, device)
     if mask is None:
         weights = torch.full((N,), 1.0 / max(N, 1), dtype=dtype, device=device)
     else:

@@ -113,7 +113,7 @@ def ppl_curves(curves, trials, path: Path) -> Path | str:
 
 def search_progress(trials, curves, path: Path) -> Path | str:
     """Best completed val/ppl so far against the training steps the whole search had spent (all trials)."""
-    from ctkd_tune.results import search_progress as progress_table
+    from ctkd_tune.search_progress import search_progress as progress_table
 
     if not len(curves) or "reported_at" not in curves:
         return "curves.parquet has no report times (a search from an older ctkd-tune): no progress plot"

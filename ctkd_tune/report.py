@@ -22,7 +22,8 @@ from ctkd_tune import plots
 from ctkd_tune.experiment import VALIDATION_CURVES, Experiment, open_experiment, read_table
 from ctkd_tune.io import atomic_write_text
 from ctkd_tune.results import display_name
-from ctkd_tune.verdict import judge_plan, table_rows
+from ctkd_tune.verdict import judge_plan
+from ctkd_tune.verdict_table import table_rows
 
 MIN_IMPORTANCE_TRIALS = 5
 """Fewer COMPLETE trials than this: the importance plot is not drawn (the report says why)."""

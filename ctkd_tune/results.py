@@ -20,7 +20,6 @@ perplexity, the vocabulary size (a uniform guess); final/best val/ppl only use r
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
@@ -29,7 +28,7 @@ from ctkd_tune.checks import temperature_drift
 from ctkd_tune.config import Config, dump_yaml, from_dict
 from ctkd_tune.io import atomic_write_parquet
 from ctkd_tune.names import trial_name
-from ctkd_tune.values import error_line, finite
+from ctkd_tune.values import error_line, finite, plain
 
 OPTUNA_TRIAL_KEY = "optuna_trial"
 """Key the searcher adds to each trial's config: the Optuna trial number (not a config override)."""
@@ -178,7 +177,7 @@ def _reports(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """A trial's reports that are ours, one per (step, status), NaN cells dropped."""
     rows: dict[tuple, dict[str, Any]] = {}
     for record in records:
-        clean = {k: _plain(v) for k, v in record.items() if not isinstance(v, (dict, list))}
+        clean = {k: plain(v) for k, v in record.items() if not isinstance(v, (dict, list))}
         clean = {k: v for k, v in clean.items() if v is not None}
         if "step" in clean:  # a retried trial may report a step twice: keep the last
             rows[(clean["step"], clean.get("status"))] = clean
@@ -231,7 +230,7 @@ def config_from_row(row: dict[str, Any]) -> Config:
         for key in fields:
             if f"{section}.{key}" not in row:  # a field added after the run (e.g. loss.divergence): its default
                 continue
-            value = _plain(row[f"{section}.{key}"])
+            value = plain(row[f"{section}.{key}"])
             if isinstance(value, str) and value.startswith("["):
                 value = json.loads(value)
             nested.setdefault(section, {})[key] = value
@@ -283,59 +282,3 @@ def summary_table(trials, params: list[str], limit: int = 10) -> str:
                    *short]].rename(columns={**short, "final_val_ppl": "val/ppl",
                                             "best_val_ppl": "best", "final_temperature": "T"})
     return f"{len(trials)} trials: {head}\n" + shown.to_string(index=False, float_format=lambda v: f"{v:.4g}")
-
-
-def search_progress(trials, curves):
-    """One row per trial, in the order the trials ended (their last report): `steps_spent`, the training steps all
-    trials of the search had run by then; the trial's `status` and `final_val_ppl`; and `best_so_far`, the best
-    final val/ppl of the trials completed by then (None before the first). Frames of trials.parquet and
-    curves.parquet; `reported_at` orders reports across concurrent trials.
-
-    A trial's cost is the furthest step it had reported: pruned and diverged trials count what they ran, a trial
-    still running counts what it had reached. Only completed trials set `best_so_far`: a pruned trial's early
-    val/ppl is not a finished configuration.
-    """
-    import pandas as pd
-
-    if "reported_at" not in curves:
-        raise ValueError("curves.parquet has no reported_at column (a search from before ctkd-tune recorded it)")
-    reports = curves[curves["step"].notna() & curves["reported_at"].notna()]
-    ends = reports.groupby("trial_id")["reported_at"].max().sort_values(kind="stable")
-    info = trials.set_index("trial_id")
-    rows, best = [], math.inf
-    for trial_id, ended in ends.items():
-        status = info["status"].get(trial_id)
-        value = _plain(info["final_val_ppl"].get(trial_id))
-        if status == "completed" and finite(value):
-            best = min(best, value)
-        rows.append({"trial_id": trial_id, "steps_spent": _steps_spent(reports[reports["reported_at"] <= ended]),
-                     "status": status, "final_val_ppl": value, "best_so_far": best if best < math.inf else None})
-    return pd.DataFrame(rows, columns=["trial_id", "steps_spent", "status", "final_val_ppl", "best_so_far"])
-
-
-def steps_to_target(trials, curves, target: float) -> tuple[int | None, int]:
-    """(training steps the search had spent when it first finished a trial with final val/ppl ≤ target, or None if
-    it never did; steps it spent in all). See `search_progress`."""
-    progress = search_progress(trials, curves)
-    if not len(progress):
-        return None, 0
-    hits = progress[progress["best_so_far"].notna() & (progress["best_so_far"] <= target)]
-    return (int(hits["steps_spent"].iloc[0]) if len(hits) else None), int(progress["steps_spent"].iloc[-1])
-
-
-def _steps_spent(reports) -> int:
-    return int(reports.groupby("trial_id")["step"].max().sum()) if len(reports) else 0
-
-
-def _plain(value: Any) -> Any:
-    """numpy / pandas scalars → Python; NaN / NA → None."""
-    if value is None:
-        return None
-    if hasattr(value, "item") and not isinstance(value, (list, dict, str)):
-        value = value.item()
-    try:
-        if value != value:  # NaN, pd.NA raises TypeError
-            return None
-    except TypeError:
-        return None
-    return value

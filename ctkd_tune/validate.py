@@ -32,13 +32,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ctkd_tune.arms import FALLBACKS
+from ctkd_tune.arms import FALLBACKS, REFERENCE_ARM
 from ctkd_tune.config import Config, ConfigError, apply_overrides, from_dict
 from ctkd_tune.experiment import VALIDATION, VALIDATION_PLAN, Experiment, open_experiment, read_rows
 from ctkd_tune.lock import experiment_lock
 from ctkd_tune.io import atomic_write_json, atomic_write_text
 from ctkd_tune.validate_runs import execute, finished
-from ctkd_tune.verdict import REFERENCE_ARM, Resolve, Target, Verdict, format_table, judge_plan
+from ctkd_tune.verdict import Resolve, Target, Verdict, judge_plan
+from ctkd_tune.verdict_table import format_table
 
 
 @dataclass

@@ -1,6 +1,7 @@
-"""Two small helpers every table writer and reader shares: which metric values count, and one-line errors.
+"""Small helpers every table writer and reader shares: which metric values count, plain values, one-line errors.
 
     finite(float("nan"))  # False: NaN, ±inf, None, strings and bools are not metric values
+    plain(np.float32(2))  # 2.0: numpy / pandas scalars as Python values, NaN and NA as None
     error_line(err)       # "ValueError: tau_min must be > 0", from a Ray task error or a traceback as text too
 """
 
@@ -30,3 +31,17 @@ def error_line(err: BaseException, with_type: bool = False) -> str:
     if with_type:
         return f"{name}: {text}" if text else name
     return text or name
+
+
+def plain(value: Any) -> Any:
+    """numpy / pandas scalars → Python; NaN / NA → None."""
+    if value is None:
+        return None
+    if hasattr(value, "item") and not isinstance(value, (list, dict, str)):
+        value = value.item()
+    try:
+        if value != value:  # NaN, pd.NA raises TypeError
+            return None
+    except TypeError:
+        return None
+    return value

@@ -17,19 +17,19 @@ interval, no winner, no seeds-needed figure. Every arm with a learned temperatur
 below FROZEN_TAU_RANGE is called in effect a fixed temperature; arms whose temperature drifted are named.
 
     verdict = judge(runs, Target(value=400.0))   # runs: DataFrame with the RUN_COLUMNS below (+ drift, tau_*, ...)
-    print(format_table(verdict.arms)); print("\n".join(verdict.lines))
+    print(format_table(verdict.arms)); print("\n".join(verdict.lines))   # format_table: verdict_table.py
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
+from ctkd_tune.arms import REFERENCE_ARM
 from ctkd_tune.config import LEARNED_MODES
 from ctkd_tune.stats import MAX_SEEDS, POWER, SPIKE_AFTER, SPIKE_FACTOR, PairedDiff, has_spike, paired_ci, seeds_needed
+from ctkd_tune.verdict_table import fraction, mean_pm, missing, versus_a
 
-REFERENCE_ARM = "fallback_A"
 KIND_ORDER = {"search": 0, "fallback": 1, "ablation": 2}
 RUN_COLUMNS = ("arm", "kind", "seed", "status", "final_val_ppl", "checks_passed", "spike", "runaway")
 DRIFT_CHECK = "no_temperature_drift"
@@ -60,7 +60,7 @@ class Resolve:
     def ppl(self, reference_mean: float | None) -> float | None:
         if not self.relative:
             return self.value
-        return None if _nan(reference_mean) else self.value / 100 * reference_mean
+        return None if missing(reference_mean) else self.value / 100 * reference_mean
 
     def describe(self) -> str:
         return f"{self.value:g}%" if self.relative else f"{self.value:g} val/ppl"
@@ -179,7 +179,7 @@ def _fail_reasons(a: dict, target: Target, ref_mean: float | None, seeds, runs) 
             why.append(f"missing seeds {lacking}")
     if a["completed"] < a["seeds"]:
         why.append(f"{a['seeds'] - a['completed']}/{a['seeds']} runs did not complete")
-    if _nan(a["ppl_mean"]):
+    if missing(a["ppl_mean"]):
         why.append("no final val/ppl")
     elif target.vs is None and a["ppl_mean"] > target.value:
         why.append(f"target: {a['ppl_mean']:.4g} > {target.value:g}")
@@ -188,9 +188,9 @@ def _fail_reasons(a: dict, target: Target, ref_mean: float | None, seeds, runs) 
     elif target.vs is not None and a["ppl_mean"] > ref_mean:
         why.append(f"target: {a['ppl_mean']:.4g} > {target.vs} {ref_mean:.4g}")
     if a["checks"] < 1:
-        why.append(f"checks passed on {_frac(a['checks'], a['seeds'])} seeds")
+        why.append(f"checks passed on {fraction(a['checks'], a['seeds'])} seeds")
     if a["stable"] < 1:
-        why.append(f"stable on {_frac(a['stable'], a['seeds'])} seeds (spike, runaway or drift)")
+        why.append(f"stable on {fraction(a['stable'], a['seeds'])} seeds (spike, runaway or drift)")
     return why
 
 
@@ -213,15 +213,15 @@ def _recommend(arms, runs, target: Target, confidence: float, resolve: Resolve, 
         what = "Recommended" if ctkd_passes else "Recommended fallback"
         modest = " — the lowest mean, not a proven win over fallback A" if best["vs_A"] in ("ties with",
                                                                                             "unknown") else ""
-        lines.append(f"{what}: {best['arm']} ({best['label']}): mean final val/ppl {_pm(best)}"
-                     f"{_vs_a(best, confidence)}{modest}.")
+        lines.append(f"{what}: {best['arm']} ({best['label']}): mean final val/ppl {mean_pm(best)}"
+                     f"{versus_a(best, confidence)}{modest}.")
         if ctkd_passes and best["kind"] != "search":
             lines.append(_fallback_first(best, search[search["passes"]], runs, confidence))
     else:
         lines.append("No arm passes: nothing to recommend (try more steps, a looser target, or a new search).")
     lines += [_versus(a, confidence, resolve, delta) for a in arms.to_dict("records") if isinstance(a["vs_A"], str)]
     for a in arms[arms["learned"]].to_dict("records"):
-        if not _nan(a.get("tau_lo")) and not _nan(a.get("tau_hi")) and a["tau_hi"] - a["tau_lo"] < FROZEN_TAU_RANGE:
+        if not missing(a.get("tau_lo")) and not missing(a.get("tau_hi")) and a["tau_hi"] - a["tau_lo"] < FROZEN_TAU_RANGE:
             tau = (a["tau_lo"] + a["tau_hi"]) / 2
             lines.append(f"{a['arm']}: its temperature hardly moved (τ in [{a['tau_lo']:.3f}, {a['tau_hi']:.3f}] over "
                          f"the whole run): in effect a fixed T ≈ {tau:.2f}, not a learned curriculum." +
@@ -229,8 +229,8 @@ def _recommend(arms, runs, target: Target, confidence: float, resolve: Resolve, 
                           "crediting CTKD." if a["arm"] == recommended else ""))
     share = f" ({runs['checks.drift_share'].iloc[0]:g})" if "checks.drift_share" in runs else ""
     for a in arms[arms["drift"] > 0].to_dict("records"):
-        moved = f" (mean τ {a['tau_start']:.2f} → {a['tau_end']:.2f})" if not _nan(a.get("tau_start")) else ""
-        lines.append(f"{a['arm']}: temperature drift on {_frac(a['drift'], a['seeds'])} seeds{moved}: it moved more "
+        moved = f" (mean τ {a['tau_start']:.2f} → {a['tau_end']:.2f})" if not missing(a.get("tau_start")) else ""
+        lines.append(f"{a['arm']}: temperature drift on {fraction(a['drift'], a['seeds'])} seeds{moved}: it moved more "
                      f"than checks.drift_share{share} of its range towards a bound and was still moving that way "
                      "at the end of the run.")
     if len(passing):
@@ -255,7 +255,7 @@ def _versus(a: dict, confidence: float, resolve: Resolve, delta: float | None) -
     needed = a["seeds_needed"]
     if delta is None:
         more = "no seeds-needed figure without fallback A's mean."
-    elif _nan(needed):
+    elif missing(needed):
         more = f"undecided: more than {MAX_SEEDS} seeds would be needed to resolve {target}: in practice a tie."
     elif needed > a["pairs"]:
         extra = int(needed) - a["pairs"]
@@ -285,76 +285,6 @@ def _fallback_first(best, searched, runs, confidence: float) -> str:
             f"within noise with {', '.join(ties)}.")
 
 
-# --- formatting ---------------------------------------------------------------------------------------------------
-
-def table_rows(arms) -> list[dict[str, str]]:
-    """The side-by-side table, as strings (for the terminal, validation.md and report.md)."""
-    out = []
-    for a in arms.to_dict("records"):
-        tau = "—" if _nan(a.get("tau_start")) else \
-            f"{a['tau_start']:.2f} → {a['tau_mid']:.2f} → {a['tau_end']:.2f} [{a['tau_lo']:.2f}, {a['tau_hi']:.2f}]"
-        out.append({"arm": a["arm"], "config": a["label"], "final val/ppl": _pm(a),
-                    "Δ vs A (95% CI)": _diff(a), "seeds needed (paired sd)": _needed(a),
-                    "checks": _frac(a["checks"], a["seeds"]),
-                    "stable": _frac(a["stable"], a["seeds"]), "τ start → mid → end [min, max]": tau,
-                    "verdict": "PASS" if a["passes"] else f"fail: {a['why']}"})
-    return out
-
-
-def format_table(arms, markdown: bool = False) -> str:
-    rows = table_rows(arms)
-    if not rows:
-        return "(no runs)"
-    keys = list(rows[0])
-    if markdown:
-        esc = lambda s: str(s).replace("|", "\\|")
-        return "\n".join(["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)] +
-                         ["| " + " | ".join(esc(r[k]) for k in keys) + " |" for r in rows])
-    widths = {k: max(len(k), *(len(str(r[k])) for r in rows)) for k in keys}
-    line = lambda r: "  ".join(str(r[k]).ljust(widths[k]) for k in keys).rstrip()
-    return "\n".join([line({k: k for k in keys})] + [line(r) for r in rows])
-
-
-def _pm(a) -> str:
-    if _nan(a["ppl_mean"]):
-        return "—"
-    std = "n/a" if _nan(a["ppl_std"]) else f"{a['ppl_std']:.2f}"
-    return f"{a['ppl_mean']:.2f} ± {std} (n={a['completed']})"
-
-
-def _diff(a) -> str:
-    if a["arm"] == REFERENCE_ARM:
-        return "reference"
-    if _nan(a["diff_vs_A"]):
-        return "n/a"
-    ci = "n/a" if _nan(a["ci_low"]) else f"[{a['ci_low']:+.2f}, {a['ci_high']:+.2f}]"
-    return f"{a['diff_vs_A']:+.2f} {ci}"
-
-
-def _needed(a) -> str:
-    if a["arm"] == REFERENCE_ARM:
-        return "reference"
-    if _nan(a.get("paired_sd")):
-        return "n/a"
-    return f"{'>' + str(MAX_SEEDS) if _nan(a['seeds_needed']) else int(a['seeds_needed'])} (sd {a['paired_sd']:.2f})"
-
-
-def _vs_a(a, confidence: float) -> str:
-    if a["arm"] == REFERENCE_ARM or _nan(a["diff_vs_A"]):
-        return ""
-    ci = ("CI n/a with one seed" if _nan(a["ci_low"]) else
-          f"{confidence:.0%} CI [{a['ci_low']:+.2f}, {a['ci_high']:+.2f}], paired by seed")
-    return f"; vs fallback A {a['diff_vs_A']:+.2f} ({ci})"
-
-
-def _frac(fraction: float, n: int) -> str:
-    return f"{round(fraction * n)}/{n}"
-
-
 def _flags(values) -> Any:
     """A column of booleans with gaps (None, NaN) read as False."""
     return values.map(lambda v: bool(v) if v is not None and v == v else False).astype(bool)
-
-
-def _nan(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))

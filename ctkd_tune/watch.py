@@ -17,11 +17,10 @@ experiment's files (its Optuna study and tables) without starting Ray, during a 
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
-from ctkd_tune.values import finite
+from ctkd_tune.values import finite, plain
 
 WIDTH = 100
 NAME_WIDTH = 40
@@ -194,7 +193,7 @@ def _latest_curves(directory: Path) -> dict[int, dict[str, Any]]:
     if not len(frame) or "optuna_trial" not in frame:
         return {}
     frame = frame.dropna(subset=["optuna_trial"]).sort_values(["optuna_trial", "step"], kind="stable")
-    return {int(number): {k: _plain(v) for k, v in group.iloc[-1].items()}
+    return {int(number): {k: plain(v) for k, v in group.iloc[-1].items()}
             for number, group in frame.groupby("optuna_trial")}
 
 
@@ -225,10 +224,3 @@ def _fit(name: str) -> str:
 
 def _fmt(value: float | None, width: int, digits: int) -> str:
     return f"{value:>{width}.{digits}f}" if finite(value) else f"{'–':>{width}}"
-
-
-
-def _plain(value: Any) -> Any:
-    if hasattr(value, "item"):
-        value = value.item()
-    return None if isinstance(value, float) and math.isnan(value) else value

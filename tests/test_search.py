@@ -21,7 +21,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from ctkd_tune.config import Config, ConfigError, load_config
-from ctkd_tune.results import STATUSES, config_from_row, search_progress, steps_to_target, trial_outcome
+from ctkd_tune.results import STATUSES, config_from_row, trial_outcome
+from ctkd_tune.search_progress import search_progress, steps_to_target
 from ctkd_tune.arms import FALLBACK_C, RECOMMENDED
 from ctkd_tune.spaces import trial_config
 

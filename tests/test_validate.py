@@ -13,7 +13,8 @@ import pytest
 from ctkd_tune.cli import main
 from ctkd_tune.config import ConfigError, load_config
 from ctkd_tune.stats import has_spike, paired_ci, seeds_needed, t_quantile
-from ctkd_tune.verdict import Resolve, Target, format_table, judge
+from ctkd_tune.verdict import Resolve, Target, judge
+from ctkd_tune.verdict_table import format_table
 
 STEPS = 20
 KNOBS = [  # searched knobs of the fabricated trials: (params, status, final val/ppl)
