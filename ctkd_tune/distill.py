@@ -38,7 +38,8 @@ from ctkd_tune.instruct import IGNORE_INDEX, DataError, ExampleData
 from ctkd_tune.progress import ProgressLines, print_report
 from ctkd_tune.models import Teacher, check_block_size, check_context, check_model_paths, check_same_vocabulary, \
     count_parameters, load_student, load_teacher, load_tokenizer, model_context, resolve_device
-from ctkd_tune.teacher_states import TeacherOutputs
+from ctkd_tune.teacher_head import load_head_only, weights_folder
+from ctkd_tune.teacher_states import TeacherOutputs, covers
 from ctkd_tune.temperature import Temperature, temperature_stats
 
 Report = Callable[[dict[str, Any], "Path | None"], None]
@@ -53,6 +54,7 @@ class Setup:
     data: TokenData | ExampleData
     device: torch.device
     fused: bool = False  # loss.fused resolved for these models: head + KD + CE from hidden states (fused_step)
+    stored: Path | None = None  # the teacher states a driver built for this run (teacher_states), if any
 
 
 @dataclass
@@ -62,10 +64,12 @@ class RunResult:
     student: nn.Module
 
 
-def prepare(cfg: Config) -> Setup:
+def prepare(cfg: Config, stored: str | Path | None = None) -> Setup:
     """Load teacher, tokenizer, data and a fresh student; every bad path or mismatch fails here, before training.
 
     Order: paths (and GGUF headers), block size against both contexts, tokenizer, data (bad rows), then weights.
+    `stored`: the teacher states a search or validation driver built for this run; when they cover it, only the
+    teacher's output head is loaded (`teacher_head`), its body when first needed (never, if they match).
     """
     sources = check_model_paths(cfg.model)
     check_block_size(cfg.data.block_size, {f"model.{k}": model_context(v, cfg.model.trust_remote_code)
@@ -82,17 +86,25 @@ def prepare(cfg: Config) -> Setup:
         data = load_data(cfg.data, tokenizer)  # bad rows fail here, before any weight is read
     except DataError as err:
         raise ConfigError(str(err)) from None
-    teacher_model, tokenizer = load_teacher(cfg.model, device, sources["teacher"], tokenizer)
+    teacher_model, load_body = None, None
+    if covers(stored, cfg) and not cfg.model.student_init_from_teacher:  # a student from its layers needs them all
+        folder = weights_folder(sources["teacher"])
+        teacher_model = folder and load_head_only(folder, device, cfg.model.trust_remote_code)
+        load_body = lambda: load_teacher(cfg.model, device, sources["teacher"], tokenizer)[0]  # noqa: E731
+    if not teacher_model:
+        teacher_model, tokenizer = load_teacher(cfg.model, device, sources["teacher"], tokenizer)
+        load_body = None
     data.vocab_size = vocab_size = teacher_model.config.vocab_size
     if max_token_id(data) >= vocab_size:
         raise ConfigError(f"data holds token id {max_token_id(data)} but the teacher has only {vocab_size} logits")
     student = load_student(cfg.model, teacher_model, tokenizer, device, seed=cfg.train.resolved_init_seed)
     check_same_vocabulary(tokenizer, None, teacher_model, student)
     check_context(cfg.data.block_size, teacher=teacher_model, student=student)
-    teacher = Teacher(teacher_model, with_hidden=cfg.loss.align_weight > 0)
+    teacher = Teacher(teacher_model, with_hidden=cfg.loss.align_weight > 0, load_body=load_body)
     fused = isinstance(data, TokenData) and fused_step.use_fused(  # instruction data pads: the logits path
-        cfg, teacher_model, student, data.train[:cfg.data.block_size][None].to(device))
-    return Setup(teacher, student, tokenizer, data, device, fused)
+        cfg, teacher_model, student, data.train[:cfg.data.block_size][None].to(device),
+        probe_teacher=not teacher.head_only)  # stored states exist only for a teacher whose head reproduces its logits
+    return Setup(teacher, student, tokenizer, data, device, fused, Path(stored) if stored else None)
 
 
 def get_lr(step: int, cfg: Config) -> float:
@@ -179,7 +191,8 @@ def distill(cfg: Config, report: Report = print_report, *, setup: Setup | None =
     # What a checkpoint holds besides the step, history and RNG: the same keys are saved and restored.
     trained = {"student": student, "optimizer": optimizer, "temperature": temperature,
                "temperature_optimizer": temp_optimizer, "align": align}
-    teacher = TeacherOutputs.open(cfg, setup.teacher, data, hidden_only=setup.fused)  # stored states, else forward
+    teacher = TeacherOutputs.open(cfg, setup.teacher, data, hidden_only=setup.fused,  # stored states, else forward
+                                  directory=setup.stored)
     # The fused path: the same numbers from hidden states, without (tokens, vocab) logits (fused_step).
     step_loss, evaluate_on, eval_chunk = (loss_step, evaluate, cfg.loss.chunk_size) if not setup.fused else \
         (fused_step.loss_step, fused_step.evaluate, fused_step.chunk_mb(cfg, device))

@@ -44,8 +44,9 @@ def head_of(model: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
 
 
 @torch.no_grad()
-def fused_blocker(model: nn.Module, probe_ids: torch.Tensor) -> str | None:
-    """Why the model's logits are not head(body(x)) with a plain linear head, or None when they are."""
+def fused_blocker(model: nn.Module, probe_ids: torch.Tensor, probe: bool = True) -> str | None:
+    """Why the model's logits are not head(body(x)) with a plain linear head, or None when they are. `probe=False`
+    checks the head and the config only, without the forward (a head-only teacher has no body to run)."""
     head = model.get_output_embeddings()
     if not isinstance(head, nn.Linear):
         return f"output head is {type(head).__name__}, not an nn.Linear"
@@ -55,6 +56,8 @@ def fused_blocker(model: nn.Module, probe_ids: torch.Tensor) -> str | None:
             return f"logits are transformed after the head ({name}={value})"
     if body(model) is model:
         return "no body separate from the head (base_model is the model itself)"
+    if not probe:
+        return None
     training = model.training
     model.eval()  # dropout off, so the two forwards compare
     try:
@@ -68,13 +71,13 @@ def fused_blocker(model: nn.Module, probe_ids: torch.Tensor) -> str | None:
 
 
 def use_fused(cfg: Config, teacher_model: nn.Module, student: nn.Module, probe_ids: torch.Tensor,
-              log=lambda msg: print(msg, file=sys.stderr)) -> bool:
+              log=lambda msg: print(msg, file=sys.stderr), probe_teacher: bool = True) -> bool:
     """Resolve `loss.fused` (auto | true | false) for these models; `true` on a model that cannot is a ConfigError."""
     if cfg.loss.fused == "false":
         return False
     for role, model, name in (("teacher", teacher_model, cfg.model.teacher),
                               ("student", student, cfg.model.student or "derived from the teacher")):
-        why = fused_blocker(model, probe_ids)
+        why = fused_blocker(model, probe_ids, probe=probe_teacher or role == "student")
         if why is None:
             continue
         if cfg.loss.fused == "true":

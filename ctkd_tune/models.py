@@ -15,8 +15,10 @@ from __future__ import annotations
 import copy
 import os
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
@@ -34,21 +36,38 @@ class TeacherOutput:
 
 
 class Teacher:
-    """A frozen causal LM in eval mode: `teacher(input_ids) -> TeacherOutput`, computed without gradients."""
+    """A frozen causal LM in eval mode: `teacher(input_ids) -> TeacherOutput`, computed without gradients.
 
-    def __init__(self, model: nn.Module, with_hidden: bool = False):
+    `load_body` makes a head-only teacher (`teacher_head.load_head_only`: the body on the meta device): the first
+    call that needs the body (a batch whose outputs were not stored) loads the whole model with it, once.
+    """
+
+    def __init__(self, model: nn.Module, with_hidden: bool = False, load_body: Callable[[], nn.Module] | None = None):
         self.model = model.eval().requires_grad_(False)
         self.with_hidden = with_hidden
+        self.load_body = load_body
+
+    @property
+    def head_only(self) -> bool:
+        return self.load_body is not None
+
+    def _full(self) -> nn.Module:
+        if self.load_body is not None:
+            print("ctkd-tune: note: a batch's teacher outputs were not stored: loading the teacher's body",
+                  file=sys.stderr)
+            self.model = self.load_body().eval().requires_grad_(False)
+            self.load_body = None
+        return self.model
 
     @torch.no_grad()
     def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> TeacherOutput:
-        out = self.model(input_ids, attention_mask=attention_mask, output_hidden_states=self.with_hidden)
+        out = self._full()(input_ids, attention_mask=attention_mask, output_hidden_states=self.with_hidden)
         return TeacherOutput(out.logits, out.hidden_states[-1] if self.with_hidden else None)
 
     @torch.no_grad()
     def body(self, input_ids: torch.Tensor) -> torch.Tensor:
         """(B, T, H) last hidden state (after the final norm): what the output head reads. No head, no logits."""
-        return self.model.base_model(input_ids).last_hidden_state
+        return self._full().base_model(input_ids).last_hidden_state
 
 
 def resolve_device(name: str) -> torch.device:

@@ -164,19 +164,21 @@ def run_search(base_cfg: Config | None, settings: SearchSettings | None = None, 
         with stop_on_signals(stopped):
             storage = open_storage(directory)
             runs = state["runs"] if state else []
+            stored = state.get("teacher_states") if state else None  # what --resume's trials read
             if not resume:
                 check_no_unfinished_trials(storage, s.name)
-                _prepare_shared(base_cfg)  # built once, before trials could race for them
+                stored = _prepare_shared(base_cfg)  # built once, before trials could race for them
                 runs = runs + [{"name": f"{s.name}-run{len(runs) + 1}",
                                 "storage_path": ray_storage(s.storage_path, directory),
                                 "num_samples": s.num_samples or DEFAULT_NUM_SAMPLES}]
                 atomic_write_json(state_file, {"name": s.name, "base": base_cfg.to_dict(), "space": space or None,
-                                               "settings": params, "runs": runs})
+                                               "settings": params, "runs": runs,
+                                               "teacher_states": str(stored) if stored else None})
             elif not tables_readable(directory):
                 print(f"ctkd-tune: {directory}: rebuilding damaged tables from the study and the trial folders")
                 rebuild_search_tables(directory, state, storage)
             run = runs[-1]
-            trainable = _named_trainable(base_cfg, params, s.name, directory)
+            trainable = _named_trainable(base_cfg, params, s.name, directory, stored)
             experiment = f"{run['storage_path'].rstrip('/')}/{run['name']}"
             TableWriter.write = lambda trials: write_search_tables(
                 directory, [live_record(t) for t in trials], base_cfg, params, storage, s.name, run["name"], live=True)
@@ -294,22 +296,26 @@ def _trainable():
     return train_ctkd
 
 
-def _named_trainable(base_cfg: Config, params: dict, name: str, directory: Path):
-    """The trainable as actor class CTKDTrial named after the trial; it feeds the gauges and TensorBoard."""
+def _named_trainable(base_cfg: Config, params: dict, name: str, directory: Path, stored: str | None):
+    """The trainable as actor class CTKDTrial named after the trial; it feeds the gauges and TensorBoard. `stored`:
+    the teacher states built for the trials (each then loads the teacher's head only)."""
     watch = {"experiment": name, "tensorboard": str(directory / "tensorboard")}
-    function = tune.with_resources(tune.with_parameters(_trainable(), base=base_cfg.to_dict(), watch=watch),
+    function = tune.with_resources(tune.with_parameters(_trainable(), base=base_cfg.to_dict(), watch=watch,
+                                                        stored=str(stored) if stored else None),
                                    {"cpu": params["cpus_per_trial"], "gpu": params["gpus_per_trial"]})
     return named_trainable(function)
 
 
-def _prepare_shared(cfg: Config) -> None:
-    """Teacher, token cache and the teacher's outputs on the shared training batches, built once for all trials."""
+def _prepare_shared(cfg: Config) -> Path | None:
+    """Teacher, token cache and the teacher's outputs on the shared training and held-out batches, built once for
+    all trials; returns the outputs' folder (None when they are not stored)."""
     from ctkd_tune.distill import prepare
     from ctkd_tune.teacher_states import build
 
     setup = prepare(cfg)
-    build(cfg, setup.teacher, setup.data)
+    stored = build(cfg, setup.teacher, setup.data)
     del setup
+    return stored
 
 
 def _init_ray(address: str | None, dashboard_host: str) -> bool:

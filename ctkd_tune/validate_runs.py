@@ -49,7 +49,7 @@ def execute(directory: Path, plan: dict[str, Any], todo: list, rows: list, curve
         if cpus > available:
             raise ConfigError(f"--cpus-per-run {cpus:g} exceeds the cluster's {available:g} CPUs")
         atomic_write_json(directory / VALIDATION_PLAN, plan)
-        _store_teacher_outputs(todo)
+        stored = _store_teacher_outputs(todo)
         task = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=0)(_run_one)
         # an arm whose config equals another's (the search's best is often fallback C) runs once per seed: on
         # CPU the same config and seed give the same run, bit for bit. Its rows are copies, marked same_run_as.
@@ -63,7 +63,8 @@ def execute(directory: Path, plan: dict[str, Any], todo: list, rows: list, curve
                 twins.setdefault(submitted[key], []).append(arm)
             else:
                 student = directory / STUDENTS / arm["arm"] if seed == plan["seeds"][0] else None
-                ref = task.remote(run_config(arm, seed).to_dict(), str(student) if student else None)
+                ref = task.remote(run_config(arm, seed).to_dict(), str(student) if student else None,
+                                  stored.get(seed))
                 pending[ref] = submitted[key] = (arm["arm"], seed)
         print(f"ctkd-tune: validating {len(todo)} runs ({len(arms)} arms × {len(plan['seeds'])} seeds, "
               f"{len(rows)} done before, {len(todo) - len(pending)} identical to another arm's run)")
@@ -96,16 +97,20 @@ def execute(directory: Path, plan: dict[str, Any], todo: list, rows: list, curve
         disconnect(started, logs_to=directory / "logs" / "validate")
 
 
-def _store_teacher_outputs(todo: list) -> None:
-    """The teacher's outputs on each seed's training batches, once: every arm of a seed trains on the same ones."""
+def _store_teacher_outputs(todo: list) -> dict[int, str]:
+    """The teacher's outputs on each seed's training batches, once: every arm of a seed trains on the same ones.
+    Returns their folders by seed (a seed whose outputs are not stored is absent)."""
     from ctkd_tune.distill import prepare
     from ctkd_tune.teacher_states import build
 
-    setup = None
+    setup, stored = None, {}
     for seed in sorted({seed for _, seed in todo}):
         cfg = run_config(next(arm for arm, s in todo if s == seed), seed)
         setup = setup or prepare(cfg)
-        build(cfg, setup.teacher, setup.data)
+        folder = build(cfg, setup.teacher, setup.data)
+        if folder is not None:
+            stored[seed] = str(folder)
+    return stored
 
 
 def _run_key(arm: dict[str, Any], seed: int) -> str:
@@ -134,13 +139,14 @@ def _write(directory: Path, rows: list, curves: list) -> None:
     atomic_write_parquet(directory / VALIDATION_CURVES, _rectangular(curves))
 
 
-def _run_one(config: dict[str, Any], student_dir: str | None) -> dict[str, Any]:
-    """One validation run (inside a Ray task): distill, summarise, keep the student if asked."""
+def _run_one(config: dict[str, Any], student_dir: str | None, stored: str | None = None) -> dict[str, Any]:
+    """One validation run (inside a Ray task): distill, summarise, keep the student if asked. `stored`: the teacher
+    states built for its seed (the run then loads the teacher's head only)."""
     from ctkd_tune.distill import distill, prepare
     from ctkd_tune.raycluster import worker_setup
 
     cfg = worker_setup(from_dict(config))
-    setup = prepare(cfg)
+    setup = prepare(cfg, stored=stored)
     result = distill(cfg, lambda metrics, checkpoint: None, setup=setup, progress=False)
     if student_dir and result.history:
         final = Path(student_dir)

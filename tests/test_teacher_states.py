@@ -1,6 +1,8 @@
 """The teacher's outputs stored once per set of training batches (`ctkd_tune.teacher_states`): exact, used,
 guarded against stale entries, bounded in size and in number."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -28,7 +30,8 @@ def test_stored_outputs_are_the_teachers_and_a_stale_batch_falls_back(entries):
     setup = prepare(cfg)
     assert ts.TeacherStates.open(cfg, setup.teacher, setup.data) is None  # nothing built yet
     path = ts.build(cfg, setup.teacher, setup.data, log=lambda line: None)
-    assert path.parent == entries and {p.name for p in path.iterdir()} == {"hidden.npy", "ids.npy", "meta.json"}
+    assert path.parent == entries and {p.name for p in path.iterdir()} == {"hidden.npy", "ids.npy", "held_hidden.npy",
+                                                                   "held_ids.npy", "meta.json"}
     stored = ts.TeacherStates.open(cfg, setup.teacher, setup.data)
     for step in (0, 7, 19):
         x, _ = get_batch(setup.data.train, step, cfg.train.batch_size, cfg.data.block_size, cfg.train.seed)
@@ -54,8 +57,8 @@ def test_a_run_on_stored_outputs_is_the_same_run_without_the_teachers_body(entri
     real_forward = body.forward
     monkeypatch.setattr(body, "forward", lambda *a, **k: body_calls.append(1) or real_forward(*a, **k))
     stored = distill(cfg, setup=setup, **QUIET).history
-    # the body ran only for the held-out batches, once (the evaluation keeps their logits), never for training
-    assert calls == list(range(cfg.train.steps)) and len(body_calls) == cfg.train.eval_batches
+    # the held-out batches are stored too: the body never ran
+    assert calls == list(range(cfg.train.steps)) and body_calls == []
     strip = lambda h: [{k: v for k, v in r.items() if k != "train/tokens_per_s"} for r in h]  # noqa: E731
     assert strip(stored) == strip(plain)
 
@@ -95,3 +98,56 @@ def test_a_damaged_entry_is_ignored_not_fatal(entries):
     (path / "hidden.npy").write_bytes(b"\x93NUMPY truncated")
     assert ts.TeacherStates.open(cfg, setup.teacher, setup.data) is None
     assert distill(cfg, setup=setup, **QUIET).summary["status"] == "completed"
+
+
+# --- head-only teachers: a run on stored states never loads the teacher's body ---------------------------------------
+
+def test_the_head_alone_is_the_teachers_head_and_the_body_stays_on_meta():
+    from ctkd_tune.models import check_model_paths
+    from ctkd_tune.teacher_head import load_head_only, weights_folder
+
+    cfg = tiny()
+    full = prepare(cfg).teacher.model
+    model = load_head_only(weights_folder(check_model_paths(cfg.model)["teacher"]), torch.device("cpu"))
+    head, want = model.get_output_embeddings(), full.get_output_embeddings()
+    assert head.weight.dtype == want.weight.dtype and torch.equal(head.weight, want.weight)
+    others = [p for p in model.parameters() if p is not head.weight]
+    assert others and all(p.is_meta for p in others)
+    assert ts.head_fingerprint(model) == ts.head_fingerprint(full)
+
+
+@pytest.mark.parametrize("fused", ["false", "true"])
+def test_a_run_on_covering_states_loads_the_head_only_and_matches_the_full_run(entries, fused):
+    cfg = tiny(f"loss.fused={fused}")
+    plain = distill(tiny(f"loss.fused={fused}", "train.teacher_cache_mb=0"), **QUIET).history
+    driver = prepare(cfg)
+    path = ts.build(cfg, driver.teacher, driver.data, log=lambda line: None)
+    assert ts.covers(path, cfg) and not ts.covers(path, tiny("train.steps=21"))
+    setup = prepare(cfg, stored=path)
+    assert setup.teacher.head_only and setup.fused == (fused == "true")
+    assert any(p.is_meta for p in setup.teacher.model.parameters())
+    run = distill(cfg, setup=setup, **QUIET).history
+    assert setup.teacher.head_only  # every batch came from the states: the body was never loaded
+    got, want = [r["val/ppl"] for r in run if "val/ppl" in r], [r["val/ppl"] for r in plain if "val/ppl" in r]
+    assert len(got) == len(want) >= 3 and got == pytest.approx(want, rel=1e-4)
+
+
+def test_a_head_only_teacher_loads_its_body_when_a_batch_was_not_stored(entries):
+    cfg = tiny()
+    driver = prepare(cfg)
+    path = ts.build(cfg, driver.teacher, driver.data, log=lambda line: None)
+    setup = prepare(cfg, stored=path)
+    outputs = ts.TeacherOutputs.open(cfg, setup.teacher, setup.data, directory=path)
+    other, _ = get_batch(setup.data.train, 3, cfg.train.batch_size, cfg.data.block_size, cfg.train.seed)
+    assert setup.teacher.head_only
+    got = outputs.train(5, other)  # not step 5's batch: a miss, so the body is loaded and run
+    assert not setup.teacher.head_only and torch.equal(got.logits, driver.teacher(other).logits)
+
+
+def test_states_of_another_teacher_are_not_used(entries):
+    cfg = tiny()
+    driver = prepare(cfg)
+    path = ts.build(cfg, driver.teacher, driver.data, log=lambda line: None)
+    meta = json.loads((path / "meta.json").read_text())
+    (path / "meta.json").write_text(json.dumps({**meta, "head": "0" * 16}))  # built for another head
+    assert ts.TeacherStates.open(cfg, driver.teacher, driver.data, directory=path) is None

@@ -36,8 +36,10 @@ SCRATCH = "ctkd-scratch"
 """The trial's checkpoints, inside its own folder (Ray's trial working directory)."""
 
 
-def train_ctkd(params: dict[str, Any], base: dict[str, Any], watch: dict[str, str] | None = None) -> None:
-    """Ray Tune function trainable: distill with `base` ← `params`, reporting at every evaluation.
+def train_ctkd(params: dict[str, Any], base: dict[str, Any], watch: dict[str, str] | None = None,
+               stored: str | None = None) -> None:
+    """Ray Tune function trainable: distill with `base` ← `params`, reporting at every evaluation. `stored`: the
+    teacher states the driver built (the trial then loads the teacher's head only, see `distill.prepare`).
 
     `watch` ({"experiment": NAME, "tensorboard": DIR}): every step also sets the trial's Ray metrics gauges and
     writes TensorBoard scalars to DIR/<trial name>/ (see ctkd_tune.tune_watch, ctkd_tune.tboard)."""
@@ -53,7 +55,7 @@ def train_ctkd(params: dict[str, Any], base: dict[str, Any], watch: dict[str, st
         checkpoint = tune.get_checkpoint()
         if checkpoint is not None:  # a retry after a worker failure, or a restored search
             resume = checkpoint.to_directory(str(work / "resume"))
-        setup = prepare(cfg)
+        setup = prepare(cfg, stored=stored)
         runaway = RunawayCounter(cfg)
         if resume is not None:  # count the evaluations before the restart too
             state = load_checkpoint(resume, torch.device("cpu"))

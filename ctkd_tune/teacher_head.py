@@ -1,0 +1,77 @@
+"""The teacher as its output head alone, for runs whose teacher outputs are all stored (`teacher_states`).
+
+A search trial or a validation run on stored teacher states never runs the teacher's transformer body: the
+stored last hidden states go through the head (the logits path) or straight into the fused loss. So such a run
+builds the teacher's modules on PyTorch's meta device (shapes, no memory) and reads only the head's weight (and
+bias) from the safetensors files; its memory is the student plus one (V, H) matrix.
+
+    model = load_head_only(folder, device)   # None when the head cannot be read alone: load the whole teacher
+
+The weights keep the file's dtype, as `from_pretrained` does by default. A GGUF teacher (one quantised file that
+transformers dequantises whole) or a folder without safetensors is loaded whole, as before.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ctkd_tune.models import BUILTIN_PREFIX, ModelSource
+
+
+def weights_folder(source: ModelSource) -> Path | None:
+    """The local folder of safetensors weights behind `source`, or None (GGUF, a hub id, no safetensors)."""
+    if source.gguf_file:
+        return None
+    if source.path.startswith(BUILTIN_PREFIX):
+        from ctkd_tune.embedded import build_teacher
+
+        folder = build_teacher(source.path[len(BUILTIN_PREFIX):])
+    else:
+        folder = Path(source.path).expanduser()
+    return folder if folder.is_dir() and any(folder.glob("*.safetensors")) else None
+
+
+def load_head_only(folder: Path, device: torch.device, trust_remote_code: bool = False) -> nn.Module | None:
+    """The causal LM in `folder` with real weights in its output head only, every other parameter on the meta
+    device; None when the head is not a plain nn.Linear or its weights are not found under the model's own names."""
+    from safetensors import safe_open
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+    head = model.get_output_embeddings()
+    if not isinstance(head, nn.Linear):
+        return None
+    wanted = {"weight": _names_of(model, head.weight)}  # tied: the input embedding's name, and lm_head's
+    if head.bias is not None:
+        wanted["bias"] = _names_of(model, head.bias)
+    found: dict[str, torch.Tensor] = {}
+    for file in _weight_files(folder):
+        with safe_open(str(file), "pt") as weights:
+            keys = set(weights.keys())
+            for part, names in wanted.items():
+                name = next((n for n in names if n in keys), None)
+                if part not in found and name is not None:
+                    found[part] = weights.get_tensor(name)
+    if set(found) != set(wanted) or found["weight"].shape != head.weight.shape:
+        return None
+    for part, tensor in found.items():
+        setattr(head, part, nn.Parameter(tensor.to(device), requires_grad=False))
+    return model.eval().requires_grad_(False)
+
+
+def _names_of(model: nn.Module, param: nn.Parameter) -> list[str]:
+    return [name for name, p in model.named_parameters(remove_duplicate=False) if p is param]
+
+
+def _weight_files(folder: Path) -> list[Path]:
+    """The files a sharded checkpoint's index names, else every *.safetensors file."""
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        return [folder / name for name in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
+    return sorted(folder.glob("*.safetensors"))
