@@ -60,8 +60,11 @@ def load_head_only(folder: Path, device: torch.device, trust_remote_code: bool =
                     found[part] = weights.get_tensor(name)
     if set(found) != set(wanted) or found["weight"].shape != head.weight.shape:
         return None
+    tied = model.get_input_embeddings() is not None and model.get_input_embeddings().weight is head.weight
     for part, tensor in found.items():
         setattr(head, part, nn.Parameter(tensor.to(device), requires_grad=False))
+    if tied:  # keep the tie, so parameter counts see one matrix
+        model.get_input_embeddings().weight = head.weight
     return model.eval().requires_grad_(False)
 
 
