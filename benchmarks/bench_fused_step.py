@@ -28,7 +28,7 @@ from ctkd_tune import distill, load_config  # noqa: E402
 from ctkd_tune.data import TokenData  # noqa: E402
 from ctkd_tune.distill import Setup  # noqa: E402
 from ctkd_tune.fused_step import use_fused  # noqa: E402
-from ctkd_tune.models import Teacher  # noqa: E402
+from ctkd_tune.teacher import Teacher  # noqa: E402
 
 MB = 2**20
 

@@ -36,9 +36,9 @@ from ctkd_tune.evaluation import MAX_LOSS, evaluate, reference_points
 from ctkd_tune.data import TokenData, held_out_batches, load_data, max_token_id, resolve_source, train_batch
 from ctkd_tune.instruct import IGNORE_INDEX, DataError, ExampleData
 from ctkd_tune.progress import ProgressLines, print_report
-from ctkd_tune.models import Teacher, check_block_size, check_context, check_model_paths, check_same_vocabulary, \
+from ctkd_tune.models import check_block_size, check_context, check_model_paths, check_same_vocabulary, \
     count_parameters, load_student, load_teacher, load_tokenizer, model_context, resolve_device
-from ctkd_tune.teacher_head import load_head_only, weights_folder
+from ctkd_tune.teacher import Teacher, load_head_only, weights_folder
 from ctkd_tune.teacher_states import TeacherOutputs, covers
 from ctkd_tune.temperature import Temperature, temperature_stats
 
@@ -69,7 +69,7 @@ def prepare(cfg: Config, stored: str | Path | None = None) -> Setup:
 
     Order: paths (and GGUF headers), block size against both contexts, tokenizer, data (bad rows), then weights.
     `stored`: the teacher states a search or validation driver built for this run; when they cover it, only the
-    teacher's output head is loaded (`teacher_head`), its body when first needed (never, if they match).
+    teacher's output head is loaded (`teacher.load_head_only`), its body when first needed (never, if they match).
     """
     sources = check_model_paths(cfg.model)
     check_block_size(cfg.data.block_size, {f"model.{k}": model_context(v, cfg.model.trust_remote_code)

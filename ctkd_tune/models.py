@@ -15,10 +15,8 @@ from __future__ import annotations
 import copy
 import os
 import re
-import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
@@ -27,47 +25,6 @@ from ctkd_tune.config import ConfigError, ModelConfig
 
 BUILTIN_PREFIX = "builtin:"
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")  # "org/name" or "name"
-
-
-@dataclass
-class TeacherOutput:
-    logits: torch.Tensor | None  # (B, T, V); None on the fused path, which applies the head chunk by chunk
-    hidden: torch.Tensor | None  # (B, T, H_teacher), last layer, when aligning or on the fused path
-
-
-class Teacher:
-    """A frozen causal LM in eval mode: `teacher(input_ids) -> TeacherOutput`, computed without gradients.
-
-    `load_body` makes a head-only teacher (`teacher_head.load_head_only`: the body on the meta device): the first
-    call that needs the body (a batch whose outputs were not stored) loads the whole model with it, once.
-    """
-
-    def __init__(self, model: nn.Module, with_hidden: bool = False, load_body: Callable[[], nn.Module] | None = None):
-        self.model = model.eval().requires_grad_(False)
-        self.with_hidden = with_hidden
-        self.load_body = load_body
-
-    @property
-    def head_only(self) -> bool:
-        return self.load_body is not None
-
-    def _full(self) -> nn.Module:
-        if self.load_body is not None:
-            print("ctkd-tune: note: a batch's teacher outputs were not stored: loading the teacher's body",
-                  file=sys.stderr)
-            self.model = self.load_body().eval().requires_grad_(False)
-            self.load_body = None
-        return self.model
-
-    @torch.no_grad()
-    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> TeacherOutput:
-        out = self._full()(input_ids, attention_mask=attention_mask, output_hidden_states=self.with_hidden)
-        return TeacherOutput(out.logits, out.hidden_states[-1] if self.with_hidden else None)
-
-    @torch.no_grad()
-    def body(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """(B, T, H) last hidden state (after the final norm): what the output head reads. No head, no logits."""
-        return self._full().base_model(input_ids).last_hidden_state
 
 
 def resolve_device(name: str) -> torch.device:
@@ -202,7 +159,12 @@ def model_context(source: ModelSource, trust_remote_code: bool = False) -> int |
         config = AutoConfig.from_pretrained(os.path.expanduser(source.path), trust_remote_code=trust_remote_code)
     except (OSError, ValueError):
         return None  # unreachable or odd: loading the model reports it properly
-    return next((getattr(config, k) for k in ("max_position_embeddings", "n_positions", "max_sequence_length")
+    return config_context(config)
+
+
+def config_context(config) -> int | None:
+    """The context length a transformers config states, under whichever name its architecture uses."""
+    return next((getattr(config, k) for k in ("max_position_embeddings", "n_positions", "n_ctx", "max_sequence_length")
                  if isinstance(getattr(config, k, None), int)), None)
 
 
@@ -334,11 +296,6 @@ def check_same_vocabulary(teacher_tokenizer, student_tokenizer, teacher: nn.Modu
 
 
 def check_context(block_size: int, **models: nn.Module) -> None:
-    """ConfigError if `data.block_size` exceeds a model's context length (its position embeddings would index past
-    their end), e.g. check_context(cfg.data.block_size, teacher=teacher, student=student)."""
-    for role, model in models.items():
-        config = model.config
-        context = next((getattr(config, key) for key in ("max_position_embeddings", "n_positions", "n_ctx")
-                        if isinstance(getattr(config, key, None), int)), None)
-        if context is not None and block_size > context:
-            raise ConfigError(f"data.block_size {block_size} exceeds the {role}'s context length {context}")
+    """`check_block_size` again on the loaded models' configs (a model whose context was unknown before loading),
+    e.g. check_context(cfg.data.block_size, teacher=teacher, student=student)."""
+    check_block_size(block_size, {f"model.{role}": config_context(model.config) for role, model in models.items()})

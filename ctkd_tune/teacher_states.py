@@ -22,7 +22,7 @@ most recently used entries are kept.
 
 A driver that built the entry passes its folder to its runs (`prepare(cfg, stored=folder)`). When the entry covers
 the run (`covers`: every training step and held-out batch), the run loads only the teacher's head
-(`teacher_head`), never its body; meta.json's head fingerprint ties the entry to that head.
+(`teacher.load_head_only`), never its body; meta.json's head fingerprint ties the entry to that head.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ import torch
 from ctkd_tune.config import Config
 from ctkd_tune.data import TokenData, get_batch, held_out_batches
 from ctkd_tune.cache import cache_dir, file_lock
-from ctkd_tune.models import Teacher, TeacherOutput
+from ctkd_tune.teacher import Teacher, TeacherOutput
 
 KEEP_ENTRIES = 4
 VERSION = 2  # bump when the layout or the key changes

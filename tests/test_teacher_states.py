@@ -104,7 +104,7 @@ def test_a_damaged_entry_is_ignored_not_fatal(entries):
 
 def test_the_head_alone_is_the_teachers_head_and_the_body_stays_on_meta():
     from ctkd_tune.models import check_model_paths
-    from ctkd_tune.teacher_head import load_head_only, weights_folder
+    from ctkd_tune.teacher import load_head_only, weights_folder
 
     cfg = tiny()
     full = prepare(cfg).teacher.model

@@ -1,4 +1,5 @@
-"""The teacher as its output head alone, for runs whose teacher outputs are all stored (`teacher_states`).
+"""The frozen teacher (`Teacher`), and the teacher as its output head alone, for runs whose teacher outputs are all
+stored (`teacher_states`).
 
 A search trial or a validation run on stored teacher states never runs the teacher's transformer body: the
 stored last hidden states go through the head (the logits path) or straight into the fused loss. So such a run
@@ -14,12 +15,56 @@ transformers dequantises whole) or a folder without safetensors is loaded whole,
 from __future__ import annotations
 
 import json
+import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
 
 from ctkd_tune.models import BUILTIN_PREFIX, ModelSource
+
+
+@dataclass
+class TeacherOutput:
+    logits: torch.Tensor | None  # (B, T, V); None on the fused path, which applies the head chunk by chunk
+    hidden: torch.Tensor | None  # (B, T, H_teacher), last layer, when aligning or on the fused path
+
+
+class Teacher:
+    """A frozen causal LM in eval mode: `teacher(input_ids) -> TeacherOutput`, computed without gradients.
+
+    `load_body` makes a head-only teacher (`load_head_only`: the body on the meta device): the first
+    call that needs the body (a batch whose outputs were not stored) loads the whole model with it, once.
+    """
+
+    def __init__(self, model: nn.Module, with_hidden: bool = False, load_body: Callable[[], nn.Module] | None = None):
+        self.model = model.eval().requires_grad_(False)
+        self.with_hidden = with_hidden
+        self.load_body = load_body
+
+    @property
+    def head_only(self) -> bool:
+        return self.load_body is not None
+
+    def _full(self) -> nn.Module:
+        if self.load_body is not None:
+            print("ctkd-tune: note: a batch's teacher outputs were not stored: loading the teacher's body",
+                  file=sys.stderr)
+            self.model = self.load_body().eval().requires_grad_(False)
+            self.load_body = None
+        return self.model
+
+    @torch.no_grad()
+    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> TeacherOutput:
+        out = self._full()(input_ids, attention_mask=attention_mask, output_hidden_states=self.with_hidden)
+        return TeacherOutput(out.logits, out.hidden_states[-1] if self.with_hidden else None)
+
+    @torch.no_grad()
+    def body(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """(B, T, H) last hidden state (after the final norm): what the output head reads. No head, no logits."""
+        return self._full().base_model(input_ids).last_hidden_state
 
 
 def weights_folder(source: ModelSource) -> Path | None:
