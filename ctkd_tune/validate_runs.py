@@ -7,7 +7,7 @@ per-step curve; the first seed's task also saves the student (save_pretrained + 
 folder then renamed). The driver appends a row per finished run and atomically rewrites validation.parquet and
 validation_curves.parquet, so an interruption (Ctrl-C cancels the pending tasks) loses no finished run. With a
 Ray cluster (--address, or RAY_ADDRESS), results/NAME must be on storage shared with the workers, for the students.
-Only this module and `ctkd-tune search` import Ray, lazily.
+Ray is imported lazily, when runs are executed (`ctkd-tune distill` never imports it).
 """
 
 from __future__ import annotations
