@@ -51,7 +51,8 @@ LOCAL_ONLY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 
 
 def connect(address: str | None, **local: Any) -> tuple[bool, Any]:
-    """Join `address` (or RAY_ADDRESS), else start a local Ray with the keyword arguments `local`.
+    """Join `address` (or RAY_ADDRESS), else start a new local Ray with the keyword arguments `local` (never one
+    found on the machine: a cluster is joined only when named).
 
     Returns (True if this call started or joined Ray and must shut it down, the Ray context or None).
     """
@@ -66,7 +67,8 @@ def connect(address: str | None, **local: Any) -> tuple[bool, Any]:
 
         os.environ.update(LOCAL_ONLY_ENV)
         ray_constants.ENABLE_RAY_CLUSTER = False  # what the variable means, for a Ray imported before we set it
-        return True, ray.init(logging_level=logging.WARNING, runtime_env={"env_vars": env}, **local)
+        # "local": always a new Ray of our own; without an address Ray would join a `ray start` cluster it finds
+        return True, ray.init(address="local", logging_level=logging.WARNING, runtime_env={"env_vars": env}, **local)
     print(f"ctkd-tune: connecting to the Ray cluster at {address}")
     try:
         return True, ray.init(address=address, logging_level=logging.WARNING, runtime_env={"env_vars": env})

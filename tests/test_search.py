@@ -326,6 +326,19 @@ def test_an_unreachable_cluster_is_a_one_line_error_and_writes_nothing(monkeypat
     assert "no trials.parquet" in capsys.readouterr().err
 
 
+def test_without_an_address_a_new_local_ray_is_started_never_one_found_on_the_machine(monkeypatch):
+    from ctkd_tune.raycluster import connect
+
+    calls = []
+    monkeypatch.setattr(ray, "init", lambda **kwargs: calls.append(kwargs))
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert connect(None, include_dashboard=False)[0] is True
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")
+    connect(None)
+    assert calls[0]["address"] == "local" and calls[1]["address"] == "10.0.0.1:6379"
+
+
 def test_a_ray_client_sends_its_token_when_one_is_at_hand(monkeypatch, tmp_path):
     from ctkd_tune.raycluster import client_auth_from_env
 
