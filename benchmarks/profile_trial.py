@@ -75,6 +75,7 @@ def profile_once(args) -> dict:
 
     timer = Timer()
     loop = importlib.import_module("ctkd_tune.distill")  # the module (the package exports a function of that name)
+    preparation = importlib.import_module("ctkd_tune.preparation")
     from ctkd_tune.config import load_config
     from ctkd_tune.spaces import trial_config
 
@@ -87,10 +88,10 @@ def profile_once(args) -> dict:
     for name, phase in (("load_teacher", "prepare: teacher"), ("load_tokenizer", "prepare: teacher"),
                         ("load_data", "prepare: tokens"), ("load_tokens", "prepare: tokens"),
                         ("split_tokens", "prepare: tokens"), ("load_student", "prepare: student")):
-        if hasattr(loop, name):  # the loaders `prepare` calls (their names follow distill.py)
-            setattr(loop, name, timer.wrap(phase, getattr(loop, name)))
+        if hasattr(preparation, name):  # the loaders `prepare` calls (their names follow preparation.py)
+            setattr(preparation, name, timer.wrap(phase, getattr(preparation, name)))
     tic, cpu = time.perf_counter(), time.process_time()
-    setup = loop.prepare(cfg)
+    setup = preparation.prepare(cfg)
     for s, spent in ((timer.seconds, time.perf_counter() - tic), (timer.cpu, time.process_time() - cpu)):
         s["prepare: other"] = spent - sum(s[p] for p in ("prepare: teacher", "prepare: tokens", "prepare: student"))
 

@@ -28,33 +28,20 @@ from tqdm import tqdm
 
 from ctkd_tune.checkpoint import check_same_run, load_checkpoint, save_checkpoint
 from ctkd_tune.checks import check_steps, divergence_limit, sanity_checks
-from ctkd_tune.config import Config, ConfigError
+from ctkd_tune.config import Config
 from ctkd_tune import fused_step
 from ctkd_tune.ctkd import lambda_at
 from ctkd_tune.losses import kd_loss
 from ctkd_tune.evaluation import MAX_LOSS, evaluate, reference_points
-from ctkd_tune.data import TokenData, held_out_batches, load_data, max_token_id, resolve_source, train_batch
-from ctkd_tune.instruct import IGNORE_INDEX, DataError, ExampleData
+from ctkd_tune.data import held_out_batches, train_batch
+from ctkd_tune.instruct import IGNORE_INDEX
+from ctkd_tune.models import count_parameters
+from ctkd_tune.preparation import Setup, prepare  # noqa: F401 (prepare is re-exported)
 from ctkd_tune.progress import ProgressLines, print_report
-from ctkd_tune.models import check_block_size, check_context, check_model_paths, check_same_vocabulary, \
-    count_parameters, load_student, load_teacher, load_tokenizer, model_context, resolve_device
-from ctkd_tune.teacher import Teacher, load_head_only, weights_folder
-from ctkd_tune.teacher_states import TeacherOutputs, covers
+from ctkd_tune.teacher_states import TeacherOutputs
 from ctkd_tune.temperature import Temperature, temperature_stats
 
 Report = Callable[[dict[str, Any], "Path | None"], None]
-
-
-@dataclass
-class Setup:
-    """Everything a run needs besides its config: built once by `prepare`, reusable across runs."""
-    teacher: Teacher
-    student: nn.Module
-    tokenizer: Any
-    data: TokenData | ExampleData
-    device: torch.device
-    fused: bool = False  # loss.fused resolved for these models: head + KD + CE from hidden states (fused_step)
-    stored: Path | None = None  # the teacher states a driver built for this run (teacher_states), if any
 
 
 @dataclass
@@ -62,49 +49,6 @@ class RunResult:
     summary: dict[str, Any]
     history: list[dict[str, Any]]
     student: nn.Module
-
-
-def prepare(cfg: Config, stored: str | Path | None = None) -> Setup:
-    """Load teacher, tokenizer, data and a fresh student; every bad path or mismatch fails here, before training.
-
-    Order: paths (and GGUF headers), block size against both contexts, tokenizer, data (bad rows), then weights.
-    `stored`: the teacher states a search or validation driver built for this run; when they cover it, only the
-    teacher's output head is loaded (`teacher.load_head_only`), its body when first needed (never, if they match).
-    """
-    sources = check_model_paths(cfg.model)
-    check_block_size(cfg.data.block_size, {f"model.{k}": model_context(v, cfg.model.trust_remote_code)
-                                           for k, v in sources.items()})
-    try:
-        resolve_source(cfg.data.source)  # a missing data path fails here, before any model loads
-    except (FileNotFoundError, ValueError) as err:
-        raise ConfigError(f"data.source: {err}") from None
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
-    device = resolve_device(cfg.train.device)
-    tokenizer = load_tokenizer(cfg.model, sources["teacher"])
-    try:
-        data = load_data(cfg.data, tokenizer)  # bad rows fail here, before any weight is read
-    except DataError as err:
-        raise ConfigError(str(err)) from None
-    teacher_model, load_body = None, None
-    if covers(stored, cfg) and not cfg.model.student_init_from_teacher:  # a student from its layers needs them all
-        folder = weights_folder(sources["teacher"])
-        teacher_model = folder and load_head_only(folder, device, cfg.model.trust_remote_code)
-        load_body = lambda: load_teacher(cfg.model, device, sources["teacher"], tokenizer)[0]  # noqa: E731
-    if not teacher_model:
-        teacher_model, tokenizer = load_teacher(cfg.model, device, sources["teacher"], tokenizer)
-        load_body = None
-    data.vocab_size = vocab_size = teacher_model.config.vocab_size
-    if max_token_id(data) >= vocab_size:
-        raise ConfigError(f"data holds token id {max_token_id(data)} but the teacher has only {vocab_size} logits")
-    student = load_student(cfg.model, teacher_model, tokenizer, device, seed=cfg.train.resolved_init_seed)
-    check_same_vocabulary(tokenizer, None, teacher_model, student)
-    check_context(cfg.data.block_size, teacher=teacher_model, student=student)
-    teacher = Teacher(teacher_model, with_hidden=cfg.loss.align_weight > 0, load_body=load_body)
-    fused = isinstance(data, TokenData) and fused_step.use_fused(  # instruction data pads: the logits path
-        cfg, teacher_model, student, data.train[:cfg.data.block_size][None].to(device),
-        probe_teacher=not teacher.head_only)  # stored states exist only for a teacher whose head reproduces its logits
-    return Setup(teacher, student, tokenizer, data, device, fused, Path(stored) if stored else None)
 
 
 def get_lr(step: int, cfg: Config) -> float:

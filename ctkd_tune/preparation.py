@@ -1,0 +1,80 @@
+"""Everything a run needs besides its config, loaded and checked before the first step: `prepare` → `Setup`.
+
+    setup = prepare(cfg)                      # teacher, tokenizer, data, a fresh student; every bad input fails here
+    setup = prepare(cfg, stored=FOLDER)       # a search or validation run: the teacher's head only, when it can
+    result = distill(cfg, setup=setup)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ctkd_tune import fused_step
+from ctkd_tune.config import Config, ConfigError
+from ctkd_tune.data import TokenData, load_data, max_token_id, resolve_source
+from ctkd_tune.instruct import DataError, ExampleData
+from ctkd_tune.models import check_block_size, check_context, check_model_paths, check_same_vocabulary, \
+    load_student, load_teacher, load_tokenizer, model_context, resolve_device
+from ctkd_tune.teacher import Teacher, load_head_only, weights_folder
+from ctkd_tune.teacher_states import covers
+
+
+@dataclass
+class Setup:
+    """Everything a run needs besides its config: built once by `prepare`, reusable across runs."""
+    teacher: Teacher
+    student: nn.Module
+    tokenizer: Any
+    data: TokenData | ExampleData
+    device: torch.device
+    fused: bool = False  # loss.fused resolved for these models: head + KD + CE from hidden states (fused_step)
+    stored: Path | None = None  # the teacher states a driver built for this run (teacher_states), if any
+
+
+
+def prepare(cfg: Config, stored: str | Path | None = None) -> Setup:
+    """Load teacher, tokenizer, data and a fresh student; every bad path or mismatch fails here, before training.
+
+    Order: paths (and GGUF headers), block size against both contexts, tokenizer, data (bad rows), then weights.
+    `stored`: the teacher states a search or validation driver built for this run; when they cover it, only the
+    teacher's output head is loaded (`teacher.load_head_only`), its body when first needed (never, if they match).
+    """
+    sources = check_model_paths(cfg.model)
+    check_block_size(cfg.data.block_size, {f"model.{k}": model_context(v, cfg.model.trust_remote_code)
+                                           for k, v in sources.items()})
+    try:
+        resolve_source(cfg.data.source)  # a missing data path fails here, before any model loads
+    except (FileNotFoundError, ValueError) as err:
+        raise ConfigError(f"data.source: {err}") from None
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    device = resolve_device(cfg.train.device)
+    tokenizer = load_tokenizer(cfg.model, sources["teacher"])
+    try:
+        data = load_data(cfg.data, tokenizer)  # bad rows fail here, before any weight is read
+    except DataError as err:
+        raise ConfigError(str(err)) from None
+    teacher_model, load_body = None, None
+    if covers(stored, cfg) and not cfg.model.student_init_from_teacher:  # a student from its layers needs them all
+        folder = weights_folder(sources["teacher"])
+        teacher_model = folder and load_head_only(folder, device, cfg.model.trust_remote_code)
+        load_body = lambda: load_teacher(cfg.model, device, sources["teacher"], tokenizer)[0]  # noqa: E731
+    if not teacher_model:
+        teacher_model, tokenizer = load_teacher(cfg.model, device, sources["teacher"], tokenizer)
+        load_body = None
+    data.vocab_size = vocab_size = teacher_model.config.vocab_size
+    if max_token_id(data) >= vocab_size:
+        raise ConfigError(f"data holds token id {max_token_id(data)} but the teacher has only {vocab_size} logits")
+    student = load_student(cfg.model, teacher_model, tokenizer, device, seed=cfg.train.resolved_init_seed)
+    check_same_vocabulary(tokenizer, None, teacher_model, student)
+    check_context(cfg.data.block_size, teacher=teacher_model, student=student)
+    teacher = Teacher(teacher_model, with_hidden=cfg.loss.align_weight > 0, load_body=load_body)
+    fused = isinstance(data, TokenData) and fused_step.use_fused(  # instruction data pads: the logits path
+        cfg, teacher_model, student, data.train[:cfg.data.block_size][None].to(device),
+        probe_teacher=not teacher.head_only)  # stored states exist only for a teacher whose head reproduces its logits
+    return Setup(teacher, student, tokenizer, data, device, fused, Path(stored) if stored else None)
