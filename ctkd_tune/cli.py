@@ -124,7 +124,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 def _dry_run(args: argparse.Namespace, cfg) -> int:
     from ctkd_tune.dryrun import default_concurrency, plan_text, teacher_missing, time_steps
-    from ctkd_tune.search import DEFAULT_NUM_SAMPLES
+    from ctkd_tune.search_settings import DEFAULT_NUM_SAMPLES
 
     missing = teacher_missing(cfg)
     print(plan_text(cfg, args.space, args.num_samples or DEFAULT_NUM_SAMPLES,
