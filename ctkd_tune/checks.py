@@ -29,6 +29,9 @@ CHECK_FRACTIONS = {"10%": 0.10, "33%": 0.33, "100%": 1.0}
 LATE_PACE = 0.2
 """Drift: over the last quarter of the run the temperature still moves on at ≥ this fraction of its average pace
 (a bounded temperature slows down as it nears its bound, so "still moving" cannot ask for full pace)."""
+NEAR_BOUND = 0.9
+"""Drift: a temperature that went this share of the (log) way from tau_init to a bound has arrived there, even if
+it barely moves any more: a sigmoid-bounded τ creeps towards its bound without reaching the runaway tolerance."""
 
 
 def check_steps(total_steps: int) -> dict[str, int]:
@@ -98,37 +101,47 @@ def default_ppl_threshold(cfg: Config) -> float | None:
 
 def drift_shares(history: list[dict[str, Any]], cfg: Config) -> tuple[float, float] | None:
     """(moved, late): how far the (mean) temperature moved over the whole run and over its last quarter, in log τ,
-    signed (+ towards tau_max), as shares of the range log(tau_max / tau_min). None without a learned temperature.
+    signed (+ upwards), as shares of the way from tau_init to the bound it moved towards (tau_max when it rose,
+    tau_min when it fell). None without a learned temperature.
 
-    The start is tau_init (where every learned temperature starts, at step 0), the end the last logged row; the
-    last quarter starts at the last row at or before 3/4 of the last step. A run stopped early is judged on the part
-    it ran, and a table with only the evaluations (trials.parquet) gives the same answer as the per-step history.
+    The way to the bound, not the whole range: from an init near a bound, going all the way to it is a small share
+    of the range (3.14 → 6.0 of [0.68, 6.12] is 0.30 of the log range, 0.97 of the way to tau_max). An init at the
+    bound it moves towards counts the whole range. The start is tau_init (where every learned temperature starts,
+    at step 0), the end the last logged row; the last quarter starts at the last row at or before 3/4 of the last
+    step. A run stopped early is judged on the part it ran, and a table with only the evaluations
+    (trials.parquet) gives the same answer as the per-step history.
     """
     t = cfg.temperature
     rows = sorted((row["step"], row["ctkd/temperature"]) for row in history if "ctkd/temperature" in row)
     if not t.learned or not rows:
         return None
     rows = [(0, t.tau_init), *rows]
-    log_range = math.log(t.tau_max / t.tau_min)
     quarter = max(r for r in rows if r[0] <= 0.75 * rows[-1][0])
-    end = math.log(rows[-1][1])
-    return (end - math.log(t.tau_init)) / log_range, (end - math.log(quarter[1])) / log_range
+    end, start = math.log(rows[-1][1]), math.log(t.tau_init)
+    way = math.log(t.tau_max / t.tau_init) if end >= start else math.log(t.tau_init / t.tau_min)
+    if way < 1e-3 * math.log(t.tau_max / t.tau_min):  # starting at that bound: share of the whole range
+        way = math.log(t.tau_max / t.tau_min)
+    return (end - start) / way, (end - math.log(quarter[1])) / way
 
 
 def temperature_drift(history: list[dict[str, Any]], cfg: Config) -> bool:
-    """True if a learned temperature drifted towards a bound and kept going (shares from `drift_shares`):
-        moved  |moved| > checks.drift_share                      (it crossed that share of its range)
-        going  late · sign(moved) ≥ LATE_PACE / 4 · |moved|       (the last quarter moved on the same way, at
+    """True if a learned temperature drifted towards a bound (shares from `drift_shares`) and either kept going or
+    got there, without being a runaway (`temperature_runaway`, which takes precedence):
+        moved    |moved| > checks.drift_share                     (it went that share of the way to the bound)
+        going    late · sign(moved) ≥ LATE_PACE / 4 · |moved|      (the last quarter moved on the same way, at
                                                                    least a fifth as fast as the run's average)
+        arrived  |moved| ≥ NEAR_BOUND                              (it went nearly all the way: a bounded τ
+                                                                   creeps towards its bound without touching it)
     On log τ, because τ scales the logits: 1 → 2 changes the targets as much as 2 → 4. A steady climb puts 1/4 of
-    its move in the last quarter and trips; a τ that rose and then settled (its last quarter flat) does not; a τ
-    parked at a bound (moving < 1/20 of its move over the last quarter) is a runaway (`temperature_runaway`).
+    its move in the last quarter and trips; a τ that moved part of the way and settled does not; a τ within
+    `checks.runaway_tolerance` of a bound over the last 10% of the run is a runaway, not a drift.
     """
     shares = drift_shares(history, cfg)
-    if shares is None:
+    if shares is None or temperature_runaway(history, cfg):
         return False
     moved, late = shares
-    return abs(moved) > cfg.checks.drift_share and late * math.copysign(1.0, moved) >= LATE_PACE / 4 * abs(moved)
+    going = late * math.copysign(1.0, moved) >= LATE_PACE / 4 * abs(moved)
+    return abs(moved) > cfg.checks.drift_share and (going or abs(moved) >= NEAR_BOUND)
 
 
 def sanity_checks(history: list[dict[str, Any]], cfg: Config,

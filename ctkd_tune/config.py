@@ -246,7 +246,8 @@ class ChecksConfig:
     runaway_tolerance: float = 0.01
     """Temperature within this fraction of the range from a bound over the last 10% of the run is a runaway."""
     drift_share: float = 0.5
-    """A learned temperature that moved more than this share of its (log) range and kept going is a drift."""
+    """A learned temperature that went more than this share of the (log) way from tau_init to a bound and kept going
+    is a drift."""
 
 
 @dataclass

@@ -36,8 +36,8 @@ from ctkd_tune.arms import FALLBACKS, REFERENCE_ARM
 from ctkd_tune.config import Config, ConfigError, apply_overrides, from_dict
 from ctkd_tune.experiment import VALIDATION, VALIDATION_PLAN, Experiment, open_experiment, read_rows
 from ctkd_tune.lock import experiment_lock
-from ctkd_tune.io import atomic_write_json, atomic_write_text
-from ctkd_tune.validate_runs import execute, finished
+from ctkd_tune.io import atomic_write_json, atomic_write_parquet, atomic_write_text
+from ctkd_tune.validate_runs import execute, finished, rejudge_temperatures
 from ctkd_tune.verdict import Resolve, Target, Verdict, judge_plan
 from ctkd_tune.verdict_table import format_table
 
@@ -183,6 +183,11 @@ def finish(directory: Path, plan: dict[str, Any]) -> ValidationResult:
     runs = pd.read_parquet(directory / VALIDATION) if (directory / VALIDATION).is_file() else pd.DataFrame()
     if not len(runs):
         raise ConfigError(f"{directory / VALIDATION}: no validation runs")
+    rejudged = rejudge_temperatures(directory, plan, runs)
+    columns = ["runaway", "drift", "checks_passed", "checks_failed"]
+    if not rejudged[columns].astype(str).equals(runs.reindex(columns=columns).astype(str)):
+        atomic_write_parquet(directory / VALIDATION, rejudged)  # report and export read the same flags
+    runs = rejudged
     verdict = judge_plan(runs, plan)
     ran = {(a, s) for a, s, status in zip(runs["arm"], runs["seed"], runs["status"]) if status != "error"}
     missing = len({(a["arm"], s) for a in plan["arms"] for s in plan["seeds"]} - ran)

@@ -159,6 +159,36 @@ def _run_one(config: dict[str, Any], student_dir: str | None, stored: str | None
     return {"metrics": run_metrics(result.summary, result.history, cfg.train.steps), "curve": curve}
 
 
+def rejudge_temperatures(directory: Path, plan: dict[str, Any], runs):
+    """`runs` (validation.parquet as a DataFrame) with `runaway`, `drift` and the checks recomputed from each
+    run's stored per-step temperatures (validation_curves.parquet) by today's `checks`: a validation extended with
+    --resume judges its old and new runs alike, also after a check changed."""
+    from ctkd_tune.checks import temperature_drift, temperature_runaway
+    from ctkd_tune.verdict import DRIFT_CHECK, FINAL_CHECK
+
+    path = directory / VALIDATION_CURVES
+    if not path.is_file() or not len(runs):
+        return runs
+    curves: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for row in read_rows(path):
+        if finite(row.get("ctkd/temperature")):
+            curves.setdefault((row["arm"], row["seed"]), []).append(row)
+    arms, runs = {a["arm"]: a for a in plan["arms"]}, runs.copy()
+    for i, row in runs.iterrows():
+        history = curves.get((row["arm"], row["seed"]))
+        if not history or row["arm"] not in arms or row["status"] == "error":
+            continue
+        cfg = run_config(arms[row["arm"]], int(row["seed"]))
+        runaway, drift = temperature_runaway(history, cfg), temperature_drift(history, cfg)
+        failed = {name for name in str(row.get("checks_failed") or "").split(", ") if name}
+        failed = (failed - {DRIFT_CHECK, "no_temperature_runaway"}) | ({DRIFT_CHECK} if drift else set()) | \
+            ({"no_temperature_runaway"} if runaway else set())
+        runs.at[i, "runaway"], runs.at[i, "drift"] = runaway, drift
+        runs.at[i, "checks_failed"] = ", ".join(sorted(failed))
+        runs.at[i, "checks_passed"] = not (failed - {FINAL_CHECK})
+    return runs
+
+
 def run_row(arm: dict[str, Any], seed: int, metrics: dict[str, Any]) -> dict[str, Any]:
     """A validation.parquet row: the arm, the seed, the run's metrics and its flattened config (lists as JSON)."""
     config = {k: json.dumps(v) if isinstance(v, list) else v for k, v in run_config(arm, seed).flat().items()}

@@ -342,6 +342,36 @@ def test_validate_resume_runs_only_what_is_missing(validated, capsys):
     pd.testing.assert_frame_equal(same[untouched.columns], untouched)  # not re-run: identical, wall time included
 
 
+def test_validate_judges_stored_runs_by_todays_temperature_checks(validated, tmp_path):
+    """The verdict recomputes runaway and drift from each run's stored temperatures: a run whose temperature crept
+    to its bound (as if an older check had passed it) is flagged when the validation is judged again."""
+    import json
+    import shutil
+
+    from ctkd_tune.experiment import VALIDATION_CURVES
+    from ctkd_tune.io import atomic_write_parquet
+    from ctkd_tune.validate import run_validation
+
+    exp = tmp_path / "exp"
+    shutil.copytree(validated[0], exp)
+    plan = json.loads((exp / "validation.json").read_text())
+    t = next(a for a in plan["arms"] if a["arm"] == "learnable")["config"]["temperature"]
+    curves = pd.read_parquet(exp / VALIDATION_CURVES)
+    run = (curves["arm"] == "learnable") & (curves["seed"] == 2)
+    p = curves.loc[run, "step"] / STEPS
+    near = t["tau_init"] * (0.98 * t["tau_max"] / t["tau_init"]) ** (1 - (1 - p) ** 4)  # 0.98 of tau_max, barely moving
+    curves.loc[run, "ctkd/temperature"] = near
+    atomic_write_parquet(exp / VALIDATION_CURVES, curves)
+    before = pd.read_parquet(exp / "validation.parquet")
+    result = run_validation(exp, resume=True)  # nothing missing: judged again, nothing run
+    after = pd.read_parquet(exp / "validation.parquet")
+    flagged = (after["arm"] == "learnable") & (after["seed"] == 2)
+    assert after.loc[flagged, "drift"].item() and not after.loc[flagged, "checks_passed"].item()
+    assert "no_temperature_drift" in after.loc[flagged, "checks_failed"].item()
+    assert after.loc[~flagged, "drift"].tolist() == before.loc[~flagged, "drift"].tolist()
+    assert result.verdict.arms.set_index("arm").loc["learnable", "drift"] == 0.5  # 1 of 2 seeds
+
+
 def test_validate_resume_with_more_seeds_runs_only_the_new_ones(validated, tmp_path, capsys):
     """`--resume --seeds 3` on a 2-seed validation: the plan gains seed 3, and only its 5 runs are made."""
     import shutil
