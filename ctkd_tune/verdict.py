@@ -230,9 +230,9 @@ def _recommend(arms, runs, target: Target, confidence: float, resolve: Resolve, 
     share = f" ({runs['checks.drift_share'].iloc[0]:g})" if "checks.drift_share" in runs else ""
     for a in arms[arms["drift"] > 0].to_dict("records"):
         moved = f" (mean τ {a['tau_start']:.2f} → {a['tau_end']:.2f})" if not missing(a.get("tau_start")) else ""
-        lines.append(f"{a['arm']}: temperature drift on {fraction(a['drift'], a['seeds'])} seeds{moved}: it moved more "
-                     f"than checks.drift_share{share} of its range towards a bound and was still moving that way "
-                     "at the end of the run.")
+        lines.append(f"{a['arm']}: temperature drift on {fraction(a['drift'], a['seeds'])} seeds{moved}: it went more "
+                     f"than checks.drift_share{share} of the way from its init to a bound and was still moving "
+                     "that way at the end of the run, or got there.")
     if len(passing):
         ablation = arms[(arms["kind"] == "ablation") & arms["passes"] & (arms["ppl_mean"] < best["ppl_mean"])]
         for a in ablation.to_dict("records"):

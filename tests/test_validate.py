@@ -248,8 +248,9 @@ def test_verdict_wording_clear_win_tie_clear_loss_and_drift():
     assert arms.loc["trial-7", "paired_sd"] == pytest.approx(3.0)
     assert "5 (sd 3.00)" in format_table(verdict.arms)
     # drift: named in the verdict, and it makes a seed unstable
-    assert ("learnable: temperature drift on 3/3 seeds (mean τ 2.00 → 3.00): it moved more than checks.drift_share "
-            "of its range towards a bound and was still moving that way at the end of the run.") in lines
+    assert ("learnable: temperature drift on 3/3 seeds (mean τ 2.00 → 3.00): it went more than checks.drift_share "
+            "of the way from its init to a bound and was still moving that way at the end of the run, or got there."
+            ) in lines
     assert any(line.startswith("trial-7: temperature drift on 1/3 seeds") for line in lines)
     assert "stable on 2/3 seeds (spike, runaway or drift)" in arms.loc["trial-7", "why"]
     assert not any("drift" in line for line in lines if line.startswith(("trial-3", "fallback")))
