@@ -12,8 +12,8 @@ from pathlib import Path
 from ctkd_tune.config import ConfigError
 
 # The default search (no --config/--preset): the Shakespeare preset at 150 steps, 8 trials, 2 at a time on 2 CPU
-# cores. One such trial alone takes ~160 s on one core (7 evaluations); ASHA stops about half of the trials at
-# step 75, so the search takes ~10 min on an idle 2-core machine once the teacher is cached. `--set` overrides.
+# cores. One such trial takes ~110 s on one core (7 evaluations); ASHA stops about half of the trials at
+# step 75, so the search takes ~6 min on an idle 2-core machine once the teacher is cached (README). `--set` overrides.
 DEFAULT_NUM_SAMPLES = 8
 DEFAULT_BUDGET = {"train.steps": 150, "train.eval_every": 25}  # eval every 25: ASHA's rung (68) acts at step 75
 STARTUP_TRIALS = 4  # TPE samples at random until this many trials finished (the known points count)
