@@ -186,7 +186,8 @@ def _reports(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def write_tables(directory: str | Path, trials: list[dict], curves: list[dict], merge: bool = True) -> tuple[Any, Any]:
     """Merge with the tables on disk (earlier runs of the experiment; by trial_id) and write both atomically;
-    `merge=False` replaces them (a rebuild)."""
+    `merge=False` replaces them (a rebuild). One row per Optuna trial: a trial that a killed driver left behind and
+    a resumed search ran again under a new Ray id keeps only its most advanced row (and that row's curve)."""
     import pandas as pd
 
     directory = Path(directory)
@@ -199,11 +200,32 @@ def write_tables(directory: str | Path, trials: list[dict], curves: list[dict], 
             if len(new):
                 old = old[~old["trial_id"].isin(set(new["trial_id"]))]
             new = pd.concat([old, new], ignore_index=True) if len(old) else new
+        if name == "trials":
+            new = _one_row_per_optuna_trial(new)
+        elif len(new) and len(frames[0]):
+            numbered = new["optuna_trial"].notna()
+            new = new[~numbered | new["trial_id"].isin(set(frames[0]["trial_id"]))]
         if len(new):
             new = new.sort_values(sort, kind="stable", na_position="last").reset_index(drop=True)
         atomic_write_parquet(path, new)
         frames.append(new)
     return frames[0], frames[1]
+
+
+def _one_row_per_optuna_trial(trials):
+    """Of rows sharing an Optuna trial number, the most advanced one: finished before unfinished, then most steps,
+    then the latest (the order rows were merged in: disk first, this run's last)."""
+    import pandas as pd
+
+    if not len(trials) or "optuna_trial" not in trials:
+        return trials
+    unfinished = trials["status"].isin(["running", "interrupted"]) if "status" in trials else False
+    steps = trials["steps"].fillna(0) if "steps" in trials else 0
+    ranked = trials.assign(_unfinished=unfinished, _steps=steps, _order=range(len(trials)))
+    ranked = ranked.sort_values(["_unfinished", "_steps", "_order"], ascending=[True, False, False], kind="stable")
+    numbered = ranked["optuna_trial"].notna()
+    kept = pd.concat([ranked[numbered].drop_duplicates("optuna_trial", keep="first"), ranked[~numbered]])
+    return kept.sort_values("_order").drop(columns=["_unfinished", "_steps", "_order"])
 
 
 def _frame(rows: list[dict[str, Any]]):

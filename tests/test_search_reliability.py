@@ -222,6 +222,24 @@ def test_a_full_disk_is_one_line_naming_the_file_and_keeps_what_was_written(tmp_
     assert pq.read_table(exp / "trials.parquet").equals(tables)
 
 
+def test_a_trial_run_again_under_a_new_ray_id_keeps_one_row(tmp_path):
+    """kill -9 before Ray's snapshot, then --resume: the orphaned Optuna trial runs again under a new Ray id; the
+    tables keep its finished row and curve, not the dead one's 'running' row (seen once in CI: 5 rows for 4)."""
+    from ctkd_tune.results import write_tables
+
+    row = lambda tid, n, status, steps: {"trial_id": tid, "optuna_trial": n, "status": status,  # noqa: E731
+                                         "steps": steps, "final_val_ppl": 100.0 if steps else None}
+    curve = lambda tid, n, step: {"trial_id": tid, "optuna_trial": n, "step": step, "val/ppl": 110.0}  # noqa: E731
+    write_tables(tmp_path, [row("a", 0, "completed", 300), row("dead", 2, "running", 0)],
+                 [curve("a", 0, 300), curve("dead", 2, 25)])
+    trials, curves = write_tables(tmp_path, [row("b", 1, "completed", 300), row("new", 2, "completed", 300),
+                                             row("dead", 2, "running", 25)], [curve("new", 2, 300)])
+    assert list(trials["optuna_trial"]) == [0, 1, 2] and list(trials["trial_id"]) == ["a", "b", "new"]
+    assert set(curves["trial_id"]) == {"a", "new"}
+    again, _ = write_tables(tmp_path, [row("x", None, "completed", 3), row("y", None, "completed", 3)], [])
+    assert {"x", "y"} <= set(again["trial_id"])  # rows without an Optuna number are never merged
+
+
 # --- kill -9 of the driver at three moments, then --resume --------------------------------------------------------
 
 HOOK = """
