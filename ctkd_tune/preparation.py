@@ -59,12 +59,13 @@ def prepare(cfg: Config, stored: str | Path | None = None) -> Setup:
         data = load_data(cfg.data, tokenizer)  # bad rows fail here, before any weight is read
     except DataError as err:
         raise ConfigError(str(err)) from None
-    teacher_model, load_body = None, None
+    teacher_model = None
     if covers(stored, cfg) and not cfg.model.student_init_from_teacher:  # a student from its layers needs them all
         folder = weights_folder(sources["teacher"])
-        teacher_model = folder and load_head_only(folder, device, cfg.model.trust_remote_code)
+        teacher_model = load_head_only(folder, device, cfg.model.trust_remote_code) if folder else None
+    if teacher_model is not None:  # head only: the body is loaded if a batch turns out not to be stored
         load_body = lambda: load_teacher(cfg.model, device, sources["teacher"], tokenizer)[0]  # noqa: E731
-    if not teacher_model:
+    else:
         teacher_model, tokenizer = load_teacher(cfg.model, device, sources["teacher"], tokenizer)
         load_body = None
     data.vocab_size = vocab_size = teacher_model.config.vocab_size

@@ -42,6 +42,7 @@ TRIAL_KEYS = ["trial", "trial_id", "optuna_trial", "optuna_state", "run", "statu
               "params"]  # then the config's dotted keys
 CURVE_KEYS = ["trial", "trial_id", "optuna_trial", "step", "status", *CURVE_METRICS]
 STATUSES = ("completed", "pruned", "diverged", "error", "interrupted", "running")
+UNFINISHED = ("running", "interrupted")  # rows of trials that have not ended
 
 
 def divergence_reason(result: dict[str, Any], ppl_threshold: float, runaway_patience: int) -> str | None:
@@ -219,7 +220,7 @@ def _one_row_per_optuna_trial(trials):
 
     if not len(trials) or "optuna_trial" not in trials:
         return trials
-    unfinished = trials["status"].isin(["running", "interrupted"]) if "status" in trials else False
+    unfinished = trials["status"].isin(UNFINISHED) if "status" in trials else False
     steps = trials["steps"].fillna(0) if "steps" in trials else 0
     ranked = trials.assign(_unfinished=unfinished, _steps=steps, _order=range(len(trials)))
     ranked = ranked.sort_values(["_unfinished", "_steps", "_order"], ascending=[True, False, False], kind="stable")
