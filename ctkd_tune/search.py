@@ -42,7 +42,7 @@ from ctkd_tune.results import record_from_result
 from ctkd_tune.search_folder import (SearchResult, any_unfinished, check_no_unfinished_trials, final_tables,
                                      live_record, open_storage, ray_storage, read_state, rebuild_search_tables,
                                      study_is_empty, tables_readable, write_search_tables)
-from ctkd_tune.searcher import CTKDOptunaSearch, DivergenceStopper, TableWriter, fail_orphans
+from ctkd_tune.searcher import CheckpointGuard, CTKDOptunaSearch, DivergenceStopper, TableWriter, fail_orphans
 from ctkd_tune.tune_watch import LiveReporter, named_trainable, ray_trial_dirname, ray_trial_name
 
 from ctkd_tune.search_settings import (DEFAULT_BUDGET, DEFAULT_NUM_SAMPLES, METRIC, MODE,  # noqa: F401 (re-exported)
@@ -214,7 +214,7 @@ def _run_config(params, run, verbose) -> tune.RunConfig:
                           stop=DivergenceStopper(params["ppl_threshold"], params["runaway_patience"]),
                           failure_config=tune.FailureConfig(max_failures=2),
                           checkpoint_config=tune.CheckpointConfig(num_to_keep=2), progress_reporter=reporter,
-                          callbacks=[TableWriter(TABLE_PERIOD_S)])
+                          callbacks=[TableWriter(TABLE_PERIOD_S), CheckpointGuard()])
 
 
 # --- helpers -----------------------------------------------------------------------------------------------------

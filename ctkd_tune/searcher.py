@@ -12,20 +12,27 @@ searcher; `restore` reconciles the two before any trial runs: trials the study f
 searcher too (so a resumed trial never reports to a finished study trial), and RUNNING study trials that Tune no
 longer knows ("orphans": proposed after the snapshot) are handed, with their parameters, to the next trials Tune
 creates, so no parameter set is proposed twice; the sampler is reseeded so the snapshot's draws are not replayed.
+The same kill can leave Ray's snapshot naming a checkpoint that `num_to_keep` deleted after it: `CheckpointGuard`
+points such a trial at the newest whole checkpoint left in its folder (or none: it starts again) before it runs.
 """
 
 from __future__ import annotations
 
+import posixpath
+import re
 import shutil
 import time
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Callable
 
 import optuna
 from ray import tune
+from pyarrow import fs as pafs
 from ray.tune.search.optuna import OptunaSearch
 
+from ctkd_tune.checkpoint import STATE_FILE
 from ctkd_tune.results import OPTUNA_TRIAL_KEY, divergence_reason, trial_outcome
 from ctkd_tune.values import finite
 
@@ -177,6 +184,67 @@ class TableWriter(tune.Callback):
                 TableWriter.write(trials)
             except Exception as err:  # a failed refresh must not stop the search: the final write retries
                 print(f"ctkd-tune: could not refresh the tables: {type(err).__name__}: {err}")
+
+
+class CheckpointGuard(tune.Callback):
+    """Before a resumed search starts its trials: a trial whose checkpoint (as Ray's snapshot names it) is gone
+    resumes from the newest whole checkpoint in its folder, or from the start if there is none.
+
+    Why it happens: registering a trial's checkpoint deletes the oldest beyond `num_to_keep`, and Ray's forced
+    snapshot follows a moment later; a driver killed in between leaves a snapshot naming the deleted checkpoint,
+    and Ray's restore of that trial then fails on every retry (the trial ends in ERROR)."""
+
+    def __init__(self):
+        self.checked = False
+
+    def on_step_begin(self, iteration: int, trials: list, **info) -> None:
+        if self.checked:
+            return
+        self.checked = True
+        for trial in trials:
+            if trial.status in ("PENDING", "PAUSED") and trial.checkpoint is not None:
+                repoint_missing_checkpoint(trial)
+
+
+def repoint_missing_checkpoint(trial) -> str | None:
+    """If `trial`'s latest checkpoint is gone, make the newest whole one in its folder (or none) its latest; what
+    it resumes from now ("" for the start), or None if nothing was missing."""
+    manager = trial.run_metadata.checkpoint_manager
+    latest = manager.latest_checkpoint_result
+    if _exists(latest.checkpoint.filesystem, latest.checkpoint.path):
+        return None
+    storage, folder = latest.checkpoint.filesystem, posixpath.dirname(latest.checkpoint.path)
+    entries = storage.get_file_info(pafs.FileSelector(folder, allow_not_found=True))
+    names = sorted((e.base_name for e in entries if e.type == pafs.FileType.Directory
+                    and re.fullmatch(r"checkpoint_\d+", e.base_name)), reverse=True)
+    whole = next((n for n in names if _whole(storage, posixpath.join(folder, n))), None)
+    replacement = None
+    if whole is not None:
+        replacement = type(latest)(checkpoint=tune.Checkpoint(posixpath.join(folder, whole), storage),
+                                   metrics=latest.metrics)
+    # Ray has no public setter: these two fields are what `trial.checkpoint` and the later deletions read
+    kept = [r for r in manager._checkpoint_results if _exists(r.checkpoint.filesystem, r.checkpoint.path)]
+    manager._checkpoint_results = kept + ([replacement] if replacement is not None else [])
+    manager._latest_checkpoint_result = replacement
+    trial.run_metadata.invalidate_cache()
+    print(f"ctkd-tune: trial {trial}: its checkpoint {posixpath.basename(latest.checkpoint.path)} is gone (deleted "
+          f"after Ray's last snapshot); it resumes from {whole or 'the start'}")
+    return whole or ""
+
+
+def _exists(storage, path: str) -> bool:
+    return storage.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def _whole(storage, folder: str) -> bool:
+    """A checkpoint folder whose state file was written to the end (a kill can cut a copy short): on this machine
+    its zip directory, which torch.save writes last, must read; elsewhere it must not be empty."""
+    state = storage.get_file_info(posixpath.join(folder, STATE_FILE))
+    if state.type != pafs.FileType.File or not state.size:
+        return False
+    if isinstance(storage, pafs.LocalFileSystem):
+        return zipfile.is_zipfile(posixpath.join(folder, STATE_FILE))
+    return True
 
 
 def _remove_scratch(trial) -> None:

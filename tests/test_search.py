@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import optuna
 import pandas as pd
@@ -153,6 +154,45 @@ def test_searcher_tells_optuna_the_truth(last, error, state):
     if state == "COMPLETE":
         assert trial.value == 300.0
     assert all(math.isfinite(v) for v in trial.intermediate_values.values())
+
+
+@pytest.mark.parametrize("on_disk, resumes_from", [
+    (["checkpoint_000004", "checkpoint_000005"], "checkpoint_000005"),  # written after the snapshot: the newest
+    (["checkpoint_000004", "checkpoint_000005-cut"], "checkpoint_000004"),  # the newest copy was cut short
+    (["checkpoint_000003"], "checkpoint_000003"),  # the snapshot's own checkpoint is there: nothing to do
+    ([], ""),  # nothing left: the trial starts again
+])
+def test_a_trial_whose_snapshot_checkpoint_is_gone_resumes_from_the_newest_whole_one(tmp_path, on_disk, resumes_from):
+    import torch
+    from types import SimpleNamespace
+    from ray.train import CheckpointConfig
+    from ray.train._internal.checkpoint_manager import _CheckpointManager
+    from ray.train._internal.session import _TrainingResult
+    from ray.tune.trainable.metadata import _TrainingRunMetadata
+    from ctkd_tune.searcher import repoint_missing_checkpoint
+
+    for name in on_disk:
+        folder = tmp_path / name.removesuffix("-cut")
+        folder.mkdir()
+        torch.save({"step": 1}, folder / "state.pt")
+        if name.endswith("-cut"):
+            (folder / "state.pt").write_bytes((folder / "state.pt").read_bytes()[:-30])
+    run_metadata = _TrainingRunMetadata()
+    run_metadata.checkpoint_manager = manager = _CheckpointManager(CheckpointConfig(num_to_keep=2))
+    for name in ("checkpoint_000002", "checkpoint_000003"):  # what the snapshot holds
+        manager.register_checkpoint(_TrainingResult(ray.tune.Checkpoint(str(tmp_path / name)), {"step": 60}))
+    trial = SimpleNamespace(run_metadata=run_metadata)
+
+    outcome = repoint_missing_checkpoint(trial)
+    latest = manager.latest_checkpoint_result
+    if resumes_from == "checkpoint_000003":
+        assert outcome is None and latest.checkpoint.path == str(tmp_path / "checkpoint_000003")
+    elif resumes_from:
+        assert outcome == resumes_from and latest.checkpoint.path == str(tmp_path / resumes_from)
+        assert latest.metrics == {"step": 60}  # Ray's view of the trial is unchanged
+        assert all(Path(r.checkpoint.path).exists() for r in manager.best_checkpoint_results)
+    else:
+        assert outcome == "" and latest is None and manager.best_checkpoint_results == []
 
 
 # --- divergence ---------------------------------------------------------------------------------------------------

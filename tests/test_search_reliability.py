@@ -311,6 +311,46 @@ def test_kill_9_at_three_moments_then_resume_leaves_a_consistent_study(ray_clust
     assert len(more.trials) == 5 and all(t.state.is_finished() for t in _study(exp).trials)
 
 
+def _snapshot_checkpoints(run_dir: Path) -> list[Path]:
+    """The checkpoints Ray's newest experiment snapshot in `run_dir` holds for its unfinished trials."""
+    from ray.tune.experiment.trial import Trial
+
+    state = json.loads(max(run_dir.glob("experiment_state-*.json")).read_text())
+    held = []
+    for trial_json, run_metadata in state["trial_data"]:
+        trial = Trial.from_json_state(trial_json, stub=True)
+        trial.restore_run_metadata(run_metadata)
+        if trial.status in ("RUNNING", "PENDING", "PAUSED") and trial.checkpoint is not None:
+            held.append(Path(trial.checkpoint.path))
+    return held
+
+
+def test_resume_survives_a_snapshot_whose_checkpoint_was_deleted(ray_cluster, tmp_path, capsys):
+    """kill -9 between a trial's newest checkpoint (which deletes the oldest of num_to_keep) and Ray's next
+    experiment snapshot leaves a snapshot naming a deleted checkpoint; the resumed trial carries on from the newest
+    checkpoint still in its folder, or from the start, and completes (CI once saw it end in ERROR)."""
+    from ctkd_tune.search import SearchSettings, run_search
+
+    exp = tmp_path / "d"
+    driver = subprocess.Popen([sys.executable, "-m", "ctkd_tune.cli", "search", "--preset", "tiny", "--name", "d",
+                               "--num-samples", "2", "--max-concurrent", "2", "--scheduler", "none",
+                               "--address", ray_cluster, "--results-dir", str(tmp_path), *_sets(LONG)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _wait_for(lambda: len(_snapshot_checkpoints(exp / "ray" / "d-run1")) > 0, driver, "a snapshot with a checkpoint")
+    driver.kill()
+    driver.wait()
+    deleted = _snapshot_checkpoints(exp / "ray" / "d-run1")
+    for checkpoint in deleted:  # what a later checkpoint would have deleted
+        shutil.rmtree(checkpoint)
+
+    result = run_search(None, SearchSettings(name="d", results_root=tmp_path, verbose=0), resume=True)
+    assert capsys.readouterr().out.count("is gone (deleted after Ray's last snapshot)") == len(deleted)
+    assert set(result.trials["status"]) == {"completed"} and len(result.trials) == 2
+    assert all(t.state.name == "COMPLETE" for t in _study(exp).trials)
+    for _, curve in result.curves.groupby("trial_id"):
+        assert curve["step"].is_unique and curve["step"].max() == 300
+
+
 def test_sigterm_stops_like_ctrl_c_and_resume_completes(ray_cluster, tmp_path):
     from ctkd_tune.search import SearchSettings, run_search
 
