@@ -8,7 +8,10 @@ With s = h_s·W_sᵀ + b_s and t = h_t·W_tᵀ + b_t (the logits, (N, V)), the v
     ce = F.cross_entropy(s, labels)             mean over labels != -100
 but s and t exist only a chunk of tokens at a time, full vocabulary wide (the softmax needs whole rows). Per chunk:
 the two logit matmuls (in the inputs' dtype: bf16 under autocast), the shared divergence kernel (``kd_loss``'s:
-``forward_kl_chunk`` by default) and the CE in float32, then, while the chunk is at hand, the gradient of a·kd + b·ce w.r.t. h_s, W_s and b_s. The backward
+``forward_kl_chunk`` by default) and the CE in float32, then, while the chunk is at hand, the gradient of a·kd + b·ce
+w.r.t. h_s, W_s and b_s. For forward KL with float32 logits (the CPU default) the same arithmetic runs with the
+logits' own buffers as scratch (``_forward_kl_ce_in_place``): 4 (chunk, V) rows instead of 6, so the same memory
+holds 1.5× the tokens per chunk, and the head matmuls, slow at few rows, run at more. The backward
 only rescales those (or recomputes them chunk by chunk when it is asked for another blend of kd and ce). The teacher
 side is constant: it gets no gradient.
 
@@ -109,11 +112,48 @@ def _logit_chunks(x: _Heads, n: int):
         yield sl, s, t
 
 
+def _in_place(x: _Heads, divergence: str) -> bool:
+    """Whether a chunk's logits can serve as scratch: forward KL (whose in-place form is written out below) on
+    logits already in the compute dtype (float32 matmuls; under bf16 autocast they are upcast into work rows)."""
+    return divergence == "forward_kl" and x.hs.dtype == x.ht.dtype == x.dtype
+
+
+def _forward_kl_ce_in_place(s, t, tau, y, w, g=None, kd_coef=None, ce_coef=None, need_dtau=False):
+    """``forward_kl_chunk`` and the CE of one chunk, computed with the logits s, t themselves as scratch (both are
+    destroyed) and one work row w: the same formulas, two (m, V) rows fewer.
+
+    tau (m, 1); y (m, 1) labels (ignored ones clamped to a valid id: their ce_coef is 0); g, if given, receives
+    ce_coef·(softmax(s) − onehot(y)) + kd_coef·τ·(q − p), i.e. ∂/∂s of Σ ce_coef·CE + kd_coef·τ²·KL, with kd_coef
+    and ce_coef (m, 1). Returns per-token (KL at τ, CE at T = 1, ∂(τ²KL)/∂τ or None), as (m,) tensors."""
+    top = s.amax(-1, keepdim=True)  # CE first, while s is whole: CE = log Σ exp(s) − s_y
+    z = torch.sub(s, top, out=w).exp_().sum(-1, keepdim=True)  # w = exp(s − max)
+    ce = (top + z.log() - s.gather(1, y)).squeeze(1)
+    if g is not None:
+        torch.mul(w, ce_coef / z, out=g).scatter_add_(1, y, -ce_coef)
+    logp = torch.log_softmax(t.div_(tau), dim=-1, out=w)
+    logq = torch.log_softmax(s.div_(tau), dim=-1, out=t)
+    q = torch.exp(logq, out=s)
+    if g is not None:
+        g.addcmul_(q, kd_coef * tau)
+    e_q_logq = q.mul_(logq).sum(-1) if need_dtau else None  # −H(q)
+    p = torch.exp(logp, out=s)
+    if g is not None:
+        g.addcmul_(p, kd_coef * tau, value=-1.0)
+    d = torch.sub(logp, logq, out=t)  # log p − log q, in place of log q
+    if not need_dtau:
+        return p.mul_(d).sum(-1), ce, None
+    e_p_logp = logp.mul_(p).sum(-1)  # −H(p); w now holds p·log p
+    kl = p.mul_(d).sum(-1)
+    cov = w.mul_(d).sum(-1) - e_p_logp * kl  # Cov_p(log p, d)
+    return kl, ce, tau.squeeze(1) * (kl - e_q_logq + e_p_logp - cov)
+
+
 def _sweep(x: _Heads, labels, tau, n, *, kernel=None, n_work=3, scales=None, w_kd=None, w_ce=None,
-           grads=(False, False, False), need_dtau=False, need_agree=False):
+           grads=(False, False, False), need_dtau=False, need_agree=False, in_place=False):
     """One pass over the token chunks.
 
-    `kernel` is the divergence's per-chunk kernel (default forward KL) with `n_work` scratch rows.
+    `kernel` is the divergence's per-chunk kernel (default forward KL) with `n_work` scratch rows; `in_place`
+    (see `_in_place`): forward KL and CE by `_forward_kl_ce_in_place` instead, with one scratch row.
     Returns per-token (N,) D at τ, CE, ∂(τ²KL)/∂τ (or None), top-1 agreement (or None), and, when `scales` = (a, b)
     is given, the gradients (∂/∂h_s, ∂/∂W_s, ∂/∂b_s; None where `grads` says no) of
         a · Σ_i w_kd_i τ_i² KL_i + b · Σ_i w_ce_i CE_i.
@@ -137,12 +177,22 @@ def _sweep(x: _Heads, labels, tau, n, *, kernel=None, n_work=3, scales=None, w_k
     y_safe = labels.clamp(min=0)  # ignored labels (weight 0) read column 0
     for sl, s, t in _logit_chunks(x, n):
         m = s.shape[0]
+        if need_agree:
+            agree[sl] = s.argmax(-1) == t.argmax(-1)
+        if in_place:
+            g = g_buf[:m] if want_grad else None
+            coefs = ((a * w_kd[sl])[:, None], (b * w_ce[sl])[:, None]) if want_grad else (None, None)
+            kl[sl], ce[sl], dtau_c = _forward_kl_ce_in_place(s, t, tau[sl, None], y_safe[sl, None], work[0, :m], g,
+                                                             *coefs, need_dtau=need_dtau)
+            if need_dtau:
+                dtau[sl] = dtau_c
+            if want_grad:
+                _head_grads(x, sl, g, g_mm_buf, gh, gW, gb)
+            continue
         g = g_buf[:m] if want_grad and a != 0 else None
         kl[sl], dtau_c = kernel(s, t, tau[sl, None], work, grad_s=g, need_dtau=need_dtau)
         if need_dtau:
             dtau[sl] = dtau_c
-        if need_agree:
-            agree[sl] = s.argmax(-1) == t.argmax(-1)
         s32 = s if s.dtype == dt else work[1, :m].copy_(s)
         logz = torch.log_softmax(s32, dim=-1, out=work[0, :m])  # (m, V) log softmax(s), T = 1
         y_c = y_safe[sl, None]
@@ -156,18 +206,23 @@ def _sweep(x: _Heads, labels, tau, n, *, kernel=None, n_work=3, scales=None, w_k
         if b != 0:
             coef = (b * w_ce[sl])[:, None]  # (m, 1)
             g.add_(logz.exp_().mul_(coef)).scatter_add_(1, y_c, -coef)
-        g_mm = g if g_mm_buf is g_buf else g_mm_buf[:m].copy_(g)
-        if gh is not None:
-            torch.mm(g_mm, x.Ws, out=gh[sl])
-        if gW is not None:
-            if gW.dtype == g_mm.dtype:
-                gW.addmm_(g_mm.T, x.hs[sl])
-            else:  # bf16 matmul, float32 accumulation across chunks
-                gW.add_(g_mm.T @ x.hs[sl])
-        if gb is not None:
-            gb.add_(g.sum(0))
+        _head_grads(x, sl, g, g_mm_buf, gh, gW, gb)
     out = (kl, ce, dtau, agree)
     return out + ((gh, gW, gb) if want_grad else (None, None, None))
+
+
+def _head_grads(x: _Heads, sl: slice, g, g_mm_buf, gh, gW, gb) -> None:
+    """From the chunk's ∂/∂s (g): ∂/∂h_s = g·W_s into gh[sl], ∂/∂W_s += gᵀ·h_s, ∂/∂b_s += Σ_tokens g."""
+    g_mm = g if g_mm_buf.dtype == g.dtype else g_mm_buf[:g.shape[0]].copy_(g)
+    if gh is not None:
+        torch.mm(g_mm, x.Ws, out=gh[sl])
+    if gW is not None:
+        if gW.dtype == g_mm.dtype:
+            gW.addmm_(g_mm.T, x.hs[sl])
+        else:  # bf16 matmul, float32 accumulation across chunks
+            gW.add_(g_mm.T @ x.hs[sl])
+    if gb is not None:
+        gb.add_(g.sum(0))
 
 
 def _common_factor(grad_kd: float, grad_ce: float, a: float, b: float) -> float | None:
@@ -197,7 +252,8 @@ class _FusedKDCE(torch.autograd.Function):
         scales = (opts["kd_weight"], opts["ce_weight"])
         kl, ce_tok, dtau, _, *eager = _sweep(x, labels, tau_tok, opts["n"], kernel=opts["kernel"],
                                             n_work=opts["n_work"], scales=scales if any(grads) else None,
-                                            w_kd=w_kd, w_ce=w_ce, grads=grads, need_dtau=need_dtau)
+                                            w_kd=w_kd, w_ce=w_ce, grads=grads, need_dtau=need_dtau,
+                                            in_place=opts["in_place"])
         kd = torch.where(w_kd > 0, w_kd * tau_tok**2 * kl, 0.0).sum()  # masked tokens cannot inject NaN
         ce = torch.where(w_ce > 0, w_ce * ce_tok, 0.0).sum()
         ctx.save_for_backward(hs, Ws, bs, ht, Wt, bt, tau, labels, w_kd, w_ce, dtau)
@@ -216,7 +272,8 @@ class _FusedKDCE(torch.autograd.Function):
                 x = _Heads(hs, Ws, bs, ht, Wt, bt, opts["dtype"])
                 tau_tok = tau.expand(hs.shape[0]) if tau.ndim == 0 else tau
                 eager, c = _sweep(x, labels, tau_tok, opts["n"], kernel=opts["kernel"], n_work=opts["n_work"],
-                                  scales=(gk, gc), w_kd=w_kd, w_ce=w_ce, grads=ctx.grads)[4:], 1.0
+                                  scales=(gk, gc), w_kd=w_kd, w_ce=w_ce, grads=ctx.grads,
+                                  in_place=opts["in_place"])[4:], 1.0
             else:
                 eager = ctx.eager
             ctx.eager = None
@@ -290,9 +347,10 @@ def fused_kd_ce_loss(student_hidden: torch.Tensor, student_head: torch.Tensor, s
     kernel = divergence_kernel(divergence, alpha, beta)
     x = _heads(student_hidden, student_head, student_bias, teacher_hidden, teacher_head, teacher_bias)
     tau, labels, w_kd, w_ce = _tau_and_weights(x, tau, labels, mask)
-    grad_enabled, n_work = torch.is_grad_enabled(), WORK_BUFFERS[divergence]
+    grad_enabled, in_place = torch.is_grad_enabled(), _in_place(x, divergence)
+    n_work = 1 if in_place else WORK_BUFFERS[divergence]
     opts = {"dtype": x.dtype, "kd_weight": float(kd_weight), "ce_weight": float(ce_weight), "kernel": kernel,
-            "n_work": n_work, "grad_enabled": grad_enabled,
+            "n_work": n_work, "in_place": in_place, "grad_enabled": grad_enabled,
             "n": _chunk_tokens(x, chunk_size, chunk_mb, grad_enabled, n_work)}
     return _FusedKDCE.apply(x.hs, x.Ws, x.bs, x.ht, x.Wt, x.bt, tau, labels, w_kd, w_ce, opts)
 
@@ -308,9 +366,10 @@ def fused_eval_sums(student_hidden, student_head, student_bias, teacher_hidden, 
     """
     x = _heads(student_hidden, student_head, student_bias, teacher_hidden, teacher_head, teacher_bias)
     tau, labels, _, _ = _tau_and_weights(x, 1.0, labels, None)
-    N = x.shape[0]
-    kl, ce, _, agree, *_ = _sweep(x, labels, tau.expand(N), _chunk_tokens(x, chunk_size, chunk_mb, False),
-                                  need_agree=True)
+    N, in_place = x.shape[0], _in_place(x, "forward_kl")
+    n_work = 1 if in_place else WORK_BUFFERS["forward_kl"]
+    kl, ce, _, agree, *_ = _sweep(x, labels, tau.expand(N), _chunk_tokens(x, chunk_size, chunk_mb, False, n_work),
+                                  n_work=n_work, need_agree=True, in_place=in_place)
     valid = labels != IGNORE_INDEX
     return {"ce_sum": ce[valid].sum().item(), "labels": int(valid.sum().item()), "kl_sum": kl.sum().item(),
             "top1_agree": int(agree.sum().item()), "tokens": N}

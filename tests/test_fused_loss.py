@@ -195,10 +195,11 @@ def test_tied_head_gradient_reaches_the_embedding_once():
     assert torch.allclose(grad_of(True), grad_of(False), rtol=1e-5, atol=1e-7)
 
 
-def test_no_grad_is_forward_only_and_tau_terms_only_when_tau_learns(monkeypatch):
+@pytest.mark.parametrize("divergence", ["forward_kl", "reverse_kl"])  # in place / through the shared kernel
+def test_no_grad_is_forward_only_and_tau_terms_only_when_tau_learns(monkeypatch, divergence):
     """No τ gradient terms for a constant τ (fixed / anneal modes, λ = 0 warmup); no gradients at all under no_grad."""
     calls = []
-    real_kernel = fused_loss.divergence_kernel
+    real_kernel, real_in_place = fused_loss.divergence_kernel, fused_loss._forward_kl_ce_in_place
 
     def spy_kernel(*args):
         kernel = real_kernel(*args)
@@ -208,17 +209,45 @@ def test_no_grad_is_forward_only_and_tau_terms_only_when_tau_learns(monkeypatch)
             return kernel(*args, **kwargs)
         return spy
 
+    def spy_in_place(s, t, tau, y, w, g=None, *args, **kwargs):
+        calls.append((g is not None, kwargs.get("need_dtau")))
+        return real_in_place(s, t, tau, y, w, g, *args, **kwargs)
+
     monkeypatch.setattr(fused_loss, "divergence_kernel", spy_kernel)
+    monkeypatch.setattr(fused_loss, "_forward_kl_ce_in_place", spy_in_place)
     inputs, _ = leaves(make_inputs(), torch.tensor(1.0))
-    fused(inputs, torch.tensor(2.0), chunk_size=10)
+    fused(inputs, torch.tensor(2.0), chunk_size=10, divergence=divergence)
     assert calls == [(True, False)] * 2  # student grads, no τ terms
     calls.clear()
-    fused(inputs, torch.tensor(2.0, requires_grad=True), chunk_size=10)
+    fused(inputs, torch.tensor(2.0, requires_grad=True), chunk_size=10, divergence=divergence)
     assert calls == [(True, True)] * 2
     calls.clear()
     with torch.no_grad():
-        kd, ce = fused(inputs, torch.tensor(2.0, requires_grad=True), chunk_size=10)
+        kd, ce = fused(inputs, torch.tensor(2.0, requires_grad=True), chunk_size=10, divergence=divergence)
     assert calls == [(False, False)] * 2 and not kd.requires_grad and not ce.requires_grad
+
+
+@pytest.mark.parametrize("tau_kind", ["global", "token"])
+@pytest.mark.parametrize("masked", [False, True])
+def test_in_place_forward_kl_equals_the_shared_kernel(monkeypatch, tau_kind, masked):
+    """Forward KL on float32 logits runs with the logits as scratch (4 rows, not 6): the same values and gradients
+    as the shared kernel's path, with weights that differ between kd and ce."""
+    inputs = make_inputs()
+    n = inputs["labels"].numel()
+    tau0 = torch.full((), 2.0) if tau_kind == "global" else torch.linspace(0.7, 3.0, n)
+    mask = (torch.arange(n) % 3 != 0) if masked else None
+
+    def run():
+        leaf, tau = leaves(inputs, tau0)
+        kd, ce = fused(leaf, tau, mask=mask, chunk_size=7, kd_weight=0.3, ce_weight=0.7)
+        (0.3 * kd + 0.7 * ce).backward()
+        return [kd, ce, tau.grad] + [leaf[k].grad for k in ("student_hidden", "student_head", "student_bias")]
+
+    in_place = run()
+    monkeypatch.setattr(fused_loss, "_in_place", lambda x, divergence: False)
+    kernel = run()
+    for a, b in zip(in_place, kernel):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-7)
 
 
 def test_chunk_from_memory_budget():
@@ -230,6 +259,9 @@ def test_chunk_from_memory_budget():
     assert fused_loss._chunk_tokens(x, None, 10 * row / 2**20, True) == 10
     assert fused_loss._chunk_tokens(x, None, 0.0, True) == 1
     assert fused_loss._chunk_tokens(x, None, 1e6, True) == 64
+    assert fused_loss._in_place(x, "forward_kl") and not fused_loss._in_place(x, "jsd")
+    row_in_place = 1000 * (4 + 4 + 4 + 4)  # forward KL in place: s, t, one work row and ∂/∂s
+    assert fused_loss._chunk_tokens(x, None, 10 * row_in_place / 2**20, True, n_work=1) == 10
     ref = fused(inputs, 2.0, chunk_size=64)
     for a, b in zip(fused(inputs, 2.0, chunk_mb=10 * row / 2**20), ref):
         assert torch.allclose(a, b, rtol=1e-6)
