@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-from ctkd_tune.fused_loss import fused_kd_ce_loss  # noqa: E402
+from ctkd_tune.fused_loss import CPU_CHUNK_MB, fused_kd_ce_loss  # noqa: E402
 from ctkd_tune.losses import kd_loss  # noqa: E402
 
 MB = 2**20
@@ -144,7 +144,8 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=2, help="timed forward+backward runs per process")
     parser.add_argument("--rounds", type=int, default=2, help="alternating logits/fused process pairs")
     parser.add_argument("--kd-chunk-size", type=int, default=1024, help="kd_loss chunk (tokens) of the logits path")
-    parser.add_argument("--chunk-mb", type=float, default=128.0, help="chunk memory budget of the fused path")
+    parser.add_argument("--chunk-mb", type=float, default=CPU_CHUNK_MB,
+                        help="chunk memory budget of the fused path (default: the loop's on CPU)")
     parser.add_argument("--max-memory-ratio", type=float, default=0.1, help="fail above this fused/logits ratio")
     parser.add_argument("--max-time-ratio", type=float, default=1.0, help="fail above this fused/logits ratio")
     parser.add_argument("--child", choices=sorted(PATHS), help=argparse.SUPPRESS)

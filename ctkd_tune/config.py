@@ -162,7 +162,7 @@ class LossConfig:
     """auto | true | false: head + KD + CE fused from hidden states, never holding (tokens, vocab) logits (auto:
     when both models' logits are a plain linear head on their last hidden state)."""
     fused_chunk_mb: float = 0.0
-    """Fused path: MB of (chunk, vocab) buffers, which set the tokens per chunk; 0: 128 on CPU, 1024 on CUDA."""
+    """Fused path: MB of (chunk, vocab) buffers, which set the tokens per chunk; 0: 224 on CPU, 1024 on CUDA."""
     divergence: str = "forward_kl"
     """Divergence D in τ²·D(teacher, student): forward_kl | reverse_kl | skew_kl | jsd (val/kl stays forward KL)."""
     skew_alpha: float = 0.1

@@ -32,6 +32,8 @@ from ctkd_tune.losses import WORK_BUFFERS, divergence_kernel, tau_shaped
 
 MB = 2**20
 IGNORE_INDEX = -100
+CPU_CHUNK_MB = 224.0
+"""The loop's chunk budget on CPU (`loss.fused_chunk_mb` = 0): see `fused_step.chunk_mb`."""
 
 
 @dataclass

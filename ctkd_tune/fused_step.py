@@ -22,7 +22,7 @@ from torch import nn
 
 from ctkd_tune.config import Config, ConfigError
 from ctkd_tune.evaluation import held_out_metrics
-from ctkd_tune.fused_loss import fused_eval_sums, fused_kd_ce_loss, fused_token_features
+from ctkd_tune.fused_loss import CPU_CHUNK_MB, fused_eval_sums, fused_kd_ce_loss, fused_token_features
 from ctkd_tune.teacher_states import TeacherOutputs
 from ctkd_tune.temperature import Temperature
 
@@ -88,8 +88,10 @@ def use_fused(cfg: Config, teacher_model: nn.Module, student: nn.Module, probe_i
 
 
 def chunk_mb(cfg: Config, device: torch.device) -> float:
-    """`loss.fused_chunk_mb`, or its default: small on CPU (memory is the point), large on CUDA (fewer launches)."""
-    return cfg.loss.fused_chunk_mb or (1024.0 if device.type == "cuda" else 128.0)
+    """`loss.fused_chunk_mb`, or its default. CPU: 224 MB, where at V = 151,936 (N = 2,048, H = 576) the loss is as
+    fast as the logits path at < 0.1× its memory (`benchmarks/bench_fused_loss.py`; with fewer MB the head matmuls
+    get too few rows to run fast); CUDA: 1024 MB (fewer kernel launches)."""
+    return cfg.loss.fused_chunk_mb or (1024.0 if device.type == "cuda" else CPU_CHUNK_MB)
 
 
 def loss_step(cfg: Config, student: nn.Module, temperature: Temperature, align: nn.Module | None,
