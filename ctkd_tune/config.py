@@ -355,9 +355,6 @@ def validate(cfg: Config) -> None:
     if not d.source:
         raise ConfigError("data.source is empty")
     _choice("data.format", d.format, DATA_FORMATS)
-    if lo.fused == "true" and d.format != "text":
-        raise ConfigError(f"loss.fused=true needs data.format=text: instruction data ({d.format}) is padded with "
-                          "attention masks, which only the logits path takes")
     if not (tr.progress_every >= 1 and tr.progress_seconds > 0):
         raise ConfigError("train.progress_every must be >= 1 and train.progress_seconds > 0")
     c = cfg.checks

@@ -359,12 +359,12 @@ def fused_kd_ce_loss(student_hidden: torch.Tensor, student_head: torch.Tensor, s
 
 @torch.no_grad()
 def fused_eval_sums(student_hidden, student_head, student_bias, teacher_hidden, teacher_head, teacher_bias,
-                    labels, *, chunk_size: int | None = None, chunk_mb: float = 256.0) -> dict[str, float]:
+                    labels, mask=None, *, chunk_size: int | None = None, chunk_mb: float = 256.0) -> dict[str, float]:
     """Held-out sums through the same chunks (no gradient): the numbers behind val/loss, val/ppl, val/kl, top-1.
 
-    Returns {"ce_sum": Σ_{labels != -100} CE, "labels": their count, "kl_sum": Σ_i KL at T = 1 over all tokens,
-    "top1_agree": #tokens with argmax s = argmax t, "tokens": N}; the same as summing F.cross_entropy, kd_loss at
-    τ = 1 (× N) and argmax comparisons over the logits.
+    Returns {"ce_sum": Σ_{labels != -100} CE, "labels": their count, "kl_sum": Σ_i KL at T = 1 over the tokens of
+    `mask` (all tokens if None), "top1_agree": how many of them have argmax s = argmax t, "tokens": their count};
+    the same as summing F.cross_entropy, kd_loss at τ = 1 (× tokens) and argmax comparisons over the logits.
     """
     x = _heads(student_hidden, student_head, student_bias, teacher_hidden, teacher_head, teacher_bias)
     tau, labels, _, _ = _tau_and_weights(x, 1.0, labels, None)
@@ -373,8 +373,9 @@ def fused_eval_sums(student_hidden, student_head, student_bias, teacher_hidden, 
     kl, ce, _, agree, *_ = _sweep(x, labels, tau.expand(N), _chunk_tokens(x, chunk_size, chunk_mb, False, n_work),
                                   n_work=n_work, need_agree=True, in_place=in_place)
     valid = labels != IGNORE_INDEX
-    return {"ce_sum": ce[valid].sum().item(), "labels": int(valid.sum().item()), "kl_sum": kl.sum().item(),
-            "top1_agree": int(agree.sum().item()), "tokens": N}
+    chosen = torch.ones(N, dtype=torch.bool, device=kl.device) if mask is None else mask.reshape(N).to(kl.device)
+    return {"ce_sum": ce[valid].sum().item(), "labels": int(valid.sum().item()), "kl_sum": kl[chosen].sum().item(),
+            "top1_agree": int(agree[chosen].sum().item()), "tokens": int(chosen.sum().item())}
 
 
 @torch.no_grad()

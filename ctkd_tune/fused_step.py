@@ -17,12 +17,12 @@ from __future__ import annotations
 import sys
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ctkd_tune.config import Config, ConfigError
 from ctkd_tune.evaluation import held_out_metrics
 from ctkd_tune.fused_loss import CPU_CHUNK_MB, fused_eval_sums, fused_kd_ce_loss, fused_token_features
+from ctkd_tune.instruct import IGNORE_INDEX
 from ctkd_tune.teacher_states import TeacherOutputs
 from ctkd_tune.temperature import Temperature
 
@@ -96,17 +96,19 @@ def chunk_mb(cfg: Config, device: torch.device) -> float:
 
 def loss_step(cfg: Config, student: nn.Module, temperature: Temperature, align: nn.Module | None,
               teacher: TeacherOutputs, i: int, x: torch.Tensor, y: torch.Tensor, lam: float,
-              autocast, attention_mask: None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """`distill.loss_step` on the fused path: the same (loss, kd, ce, τ) from hidden states and heads (text data:
-    no attention mask; instruction data takes the logits path).
+              autocast, attention_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+    """`distill.loss_step` on the fused path: the same (loss, kd, ce, τ over the counted tokens) from hidden states
+    and heads; each loss a mean over the counted tokens (all of them for text, attention_mask None; the response
+    tokens of instruction data, y != IGNORE_INDEX).
 
         loss = kd_weight · τ²·D(teacher ‖ student at τ) + ce_weight · CE(student, y)   (D: loss.divergence)
                + align_weight · MSE(align(student hidden), teacher hidden)
     """
     lo, mb = cfg.loss, chunk_mb(cfg, x.device)
+    mask = None if attention_mask is None else y != IGNORE_INDEX  # (B, T)
     with autocast():
-        teacher_hidden = teacher.train(i, x).hidden  # (B, T, H_t), stored or from the teacher's body
-        student_hidden = body(student)(x).last_hidden_state  # (B, T, H_s): the student's body, not its head
+        teacher_hidden = teacher.train(i, x, attention_mask).hidden  # (B, T, H_t), stored or the teacher's body
+        student_hidden = body(student)(x, attention_mask=attention_mask).last_hidden_state  # (B, T, H_s): no head
     heads = (student_hidden, *head_of(student), teacher_hidden, *head_of(teacher.teacher.model))
 
     def features() -> torch.Tensor:  # (B*T, 4), only for a per-token temperature
@@ -115,29 +117,31 @@ def loss_step(cfg: Config, student: nn.Module, temperature: Temperature, align: 
 
     tau = temperature(i, lam, features=features, device=x.device)  # () or (B*T,)
     with autocast():
-        kd, ce = fused_kd_ce_loss(*heads, y, tau, kd_weight=lo.kd_weight, ce_weight=lo.ce_weight, chunk_mb=mb,
-                                  divergence=lo.divergence, alpha=lo.skew_alpha, beta=lo.jsd_beta)
+        kd, ce = fused_kd_ce_loss(*heads, y, tau, mask, kd_weight=lo.kd_weight, ce_weight=lo.ce_weight,
+                                  chunk_mb=mb, divergence=lo.divergence, alpha=lo.skew_alpha, beta=lo.jsd_beta)
     loss = lo.kd_weight * kd + lo.ce_weight * ce
     if align is not None:
-        aligned = align(student_hidden.float())
-        loss = loss + lo.align_weight * F.mse_loss(aligned, teacher_hidden.float())
-    return loss, kd, ce, tau
+        diff = (align(student_hidden.float()) - teacher_hidden.float()).pow(2).mean(-1)  # (B, T)
+        loss = loss + lo.align_weight * (diff.mean() if mask is None else diff[mask].mean())
+    return loss, kd, ce, tau if tau.dim() == 0 or mask is None else tau[mask.flatten()]
 
 
 @torch.no_grad()
 def evaluate(student: nn.Module, teacher: TeacherOutputs, batches: list[tuple[torch.Tensor, ...]],
              chunk_mb: float, autocast, with_teacher: bool = False) -> dict[str, float]:
     """`evaluation.evaluate` on the fused path: held-out perplexity, KL at T = 1 and top-1 agreement, chunk by chunk;
-    with_teacher adds the teacher's own perplexity as "teacher/ppl". Batches are (x, y, None): text data."""
+    with_teacher adds the teacher's own perplexity as "teacher/ppl". Batches are (x, y, attention mask or None);
+    like the logits path, every number is over the tokens the loss counts (y != IGNORE_INDEX)."""
     student.eval()
     ce_sum = teacher_ce_sum = kl_sum = agree = count = 0.0
-    for i, (x, y, *_) in enumerate(batches):
+    for i, (x, y, attention_mask) in enumerate(batches):
+        counted = y != IGNORE_INDEX
         with autocast():
-            teacher_hidden = teacher.held_out(i, x).hidden  # (B, T, H_t)
-            student_hidden = body(student)(x).last_hidden_state  # (B, T, H_s)
+            teacher_hidden = teacher.held_out(i, x, attention_mask).hidden  # (B, T, H_t)
+            student_hidden = body(student)(x, attention_mask=attention_mask).last_hidden_state  # (B, T, H_s)
             teacher_head = head_of(teacher.teacher.model)
             sums = fused_eval_sums(student_hidden, *head_of(student), teacher_hidden, *teacher_head, y,
-                                   chunk_mb=chunk_mb)
+                                   mask=counted, chunk_mb=chunk_mb)
             if with_teacher:  # the teacher as its own "student": its CE on the same labels
                 teacher_ce_sum += fused_eval_sums(teacher_hidden, *teacher_head, teacher_hidden, *teacher_head, y,
                                                   chunk_mb=chunk_mb)["ce_sum"]

@@ -75,7 +75,7 @@ def prepare(cfg: Config, stored: str | Path | None = None) -> Setup:
     check_same_vocabulary(tokenizer, None, teacher_model, student)
     check_context(cfg.data.block_size, teacher=teacher_model, student=student)
     teacher = Teacher(teacher_model, with_hidden=cfg.loss.align_weight > 0, load_body=load_body)
-    fused = isinstance(data, TokenData) and fused_step.use_fused(  # instruction data pads: the logits path
-        cfg, teacher_model, student, data.train[:cfg.data.block_size][None].to(device),
-        probe_teacher=not teacher.head_only)  # stored states exist only for a teacher whose head reproduces its logits
+    probe = data.train[:cfg.data.block_size] if isinstance(data, TokenData) else data.train.ids[0, :-1]
+    fused = fused_step.use_fused(cfg, teacher_model, student, probe[None].to(device),
+                                 probe_teacher=not teacher.head_only)  # stored states: a head that reproduces logits
     return Setup(teacher, student, tokenizer, data, device, fused, Path(stored) if stored else None)

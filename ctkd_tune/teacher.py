@@ -62,9 +62,9 @@ class Teacher:
         return TeacherOutput(out.logits, out.hidden_states[-1] if self.with_hidden else None)
 
     @torch.no_grad()
-    def body(self, input_ids: torch.Tensor) -> torch.Tensor:
+    def body(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """(B, T, H) last hidden state (after the final norm): what the output head reads. No head, no logits."""
-        return self._full().base_model(input_ids).last_hidden_state
+        return self._full().base_model(input_ids, attention_mask=attention_mask).last_hidden_state
 
 
 def weights_folder(source: ModelSource) -> Path | None:

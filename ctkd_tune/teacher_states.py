@@ -127,10 +127,11 @@ class TeacherOutputs:
 
     def train(self, step: int, x: torch.Tensor, attention_mask: torch.Tensor | None = None) -> TeacherOutput:
         """The teacher's output on training batch `x` of 0-based `step` (instruction data: with its attention mask,
-        never stored; the fused path, which takes text only: the last hidden state alone)."""
+        never stored; the fused path: the last hidden state alone)."""
         if self.hidden_only:
-            hidden = self.stored.last_hidden(step, x) if self.stored is not None else None
-            return TeacherOutput(None, self.teacher.body(x) if hidden is None else hidden)
+            stored = self.stored is not None and attention_mask is None
+            hidden = self.stored.last_hidden(step, x) if stored else None
+            return TeacherOutput(None, self.teacher.body(x, attention_mask) if hidden is None else hidden)
         if self.stored is not None and attention_mask is None:
             return self.stored.output(step, x)
         return self.teacher(x, attention_mask)
@@ -144,7 +145,8 @@ class TeacherOutputs:
         if out is None and hidden is not None:
             out = TeacherOutput(None, hidden) if self.hidden_only else self.stored.from_hidden(hidden)
         elif out is None:
-            out = TeacherOutput(None, self.teacher.body(x)) if self.hidden_only else self.teacher(x, attention_mask)
+            out = TeacherOutput(None, self.teacher.body(x, attention_mask)) if self.hidden_only else \
+                self.teacher(x, attention_mask)
             kept = out.hidden if self.hidden_only else out.logits
             if kept.numel() * kept.element_size() * self.eval_batches <= self.eval_cache_bytes:
                 self.kept[i] = out

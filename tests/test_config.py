@@ -92,6 +92,5 @@ def test_divergence_defaults_and_choices():
         load_config(overrides=["loss.divergence=JSD"])
 
 
-def test_fused_true_needs_text_data():
-    with pytest.raises(ConfigError, match="loss.fused=true needs data.format=text"):
-        load_config(preset="tiny", overrides=["loss.fused=true", "data.format=chat"])
+def test_fused_true_takes_instruction_data_too():
+    assert load_config(preset="tiny", overrides=["loss.fused=true", "data.format=chat"]).loss.fused == "true"

@@ -83,9 +83,9 @@ def test_teacher_logits_on_held_out_data_are_computed_once_and_change_nothing():
             self.calls += int(torch.equal(x, self.first))
             return self.teacher(x, attention_mask)
 
-        def body(self, x):  # what the fused path calls (loss.fused): the last hidden state, no logits
+        def body(self, x, attention_mask=None):  # what the fused path calls (loss.fused): the last hidden state
             self.calls += int(torch.equal(x, self.first))
-            return self.teacher.body(x)
+            return self.teacher.body(x, attention_mask)
 
     from ctkd_tune.data import eval_batches
 

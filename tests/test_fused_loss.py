@@ -285,6 +285,12 @@ def test_eval_sums_equal_logits_path():
     assert sums["kl_sum"] == pytest.approx(kd_loss(s, t, 1.0).item() * 30, rel=1e-5)
     assert sums["top1_agree"] == int((s.argmax(-1) == t.argmax(-1)).sum())
     assert 0 < sums["top1_agree"] < 30  # the test can tell a wrong count
+    # over the tokens a mask picks (instruction data: the response tokens), as kd_loss with that mask
+    masked = fused_eval_sums(**inputs, mask=valid, chunk_size=7)
+    n = int(valid.sum())
+    assert masked["tokens"] == n and masked["ce_sum"] == sums["ce_sum"]
+    assert masked["kl_sum"] == pytest.approx(kd_loss(s, t, 1.0, mask=valid).item() * n, rel=1e-5)
+    assert masked["top1_agree"] == int(((s.argmax(-1) == t.argmax(-1)) & valid).sum())
 
 
 def test_token_features_equal_logits_path():
