@@ -144,12 +144,14 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=2, help="timed forward+backward runs per process")
     parser.add_argument("--rounds", type=int, default=2, help="alternating logits/fused process pairs")
     parser.add_argument("--kd-chunk-size", type=int, default=1024, help="kd_loss chunk (tokens) of the logits path")
-    parser.add_argument("--chunk-mb", type=float, default=CPU_CHUNK_MB,
-                        help="chunk memory budget of the fused path (default: the loop's on CPU)")
+    parser.add_argument("--chunk-mb", type=float, default=None,
+                        help="chunk memory budget of the fused path (default: the loop's, 224 on CPU, 1024 on CUDA)")
     parser.add_argument("--max-memory-ratio", type=float, default=0.1, help="fail above this fused/logits ratio")
     parser.add_argument("--max-time-ratio", type=float, default=1.0, help="fail above this fused/logits ratio")
     parser.add_argument("--child", choices=sorted(PATHS), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.chunk_mb is None:  # what the loop uses on this device (fused_step.chunk_mb)
+        args.chunk_mb = 1024.0 if args.device == "cuda" else CPU_CHUNK_MB
     if args.child:
         child(args)
         return 0
