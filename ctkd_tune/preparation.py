@@ -20,7 +20,7 @@ from ctkd_tune.data import TokenData, load_data, max_token_id, resolve_source
 from ctkd_tune.instruct import DataError, ExampleData
 from ctkd_tune.models import check_block_size, check_context, check_model_paths, check_same_vocabulary, \
     load_student, load_teacher, load_tokenizer, model_context, resolve_device
-from ctkd_tune.teacher import Teacher, load_head_only, weights_folder
+from ctkd_tune.teacher import Teacher, load_head_only
 from ctkd_tune.teacher_states import covers
 
 
@@ -61,8 +61,7 @@ def prepare(cfg: Config, stored: str | Path | None = None) -> Setup:
         raise ConfigError(str(err)) from None
     teacher_model = None
     if covers(stored, cfg) and not cfg.model.student_init_from_teacher:  # a student from its layers needs them all
-        folder = weights_folder(sources["teacher"])
-        teacher_model = load_head_only(folder, device, cfg.model.trust_remote_code) if folder else None
+        teacher_model = load_head_only(sources["teacher"], device, cfg.model.trust_remote_code)
     if teacher_model is not None:  # head only: the body is loaded if a batch turns out not to be stored
         load_body = lambda: load_teacher(cfg.model, device, sources["teacher"], tokenizer)[0]  # noqa: E731
     else:

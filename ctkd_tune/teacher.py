@@ -4,12 +4,13 @@ stored (`teacher_states`).
 A search trial or a validation run on stored teacher states never runs the teacher's transformer body: the
 stored last hidden states go through the head (the logits path) or straight into the fused loss. So such a run
 builds the teacher's modules on PyTorch's meta device (shapes, no memory) and reads only the head's weight (and
-bias) from the safetensors files; its memory is the student plus one (V, H) matrix.
+bias) from the safetensors or GGUF file; its memory is the student plus one (V, H) matrix.
 
-    model = load_head_only(folder, device)   # None when the head cannot be read alone: load the whole teacher
+    model = load_head_only(source, device)   # None when the head cannot be read alone: load the whole teacher
 
-The weights keep the file's dtype, as `from_pretrained` does by default. A GGUF teacher (one quantised file that
-transformers dequantises whole) or a folder without safetensors is loaded whole, as before.
+From a folder of safetensors the head keeps the file's dtype, as `from_pretrained` does by default; from a GGUF file
+(one quantised file, which transformers would dequantise whole) only the head's tensor is read and dequantised,
+to float32 as transformers does. A hub id, or a folder without safetensors, is loaded whole, as before.
 """
 
 from __future__ import annotations
@@ -80,37 +81,69 @@ def weights_folder(source: ModelSource) -> Path | None:
     return folder if folder.is_dir() and any(folder.glob("*.safetensors")) else None
 
 
-def load_head_only(folder: Path, device: torch.device, trust_remote_code: bool = False) -> nn.Module | None:
-    """The causal LM in `folder` with real weights in its output head only, every other parameter on the meta
-    device; None when the head is not a plain nn.Linear or its weights are not found under the model's own names."""
-    from safetensors import safe_open
+def load_head_only(source: ModelSource, device: torch.device, trust_remote_code: bool = False) -> nn.Module | None:
+    """The causal LM of `source` with real weights in its output head only, every other parameter on the meta
+    device; None when that cannot be done (load the whole teacher instead): no safetensors folder or GGUF file
+    (a hub id), a head that is not a plain nn.Linear, or its weights not found under the model's own names."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    config = AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code)
+    if source.gguf_file:
+        folder, read = Path(source.path), _gguf_head
+        config = AutoConfig.from_pretrained(folder, gguf_file=source.gguf_file)
+    else:
+        folder, read = weights_folder(source), _safetensors_head
+        if folder is None:
+            return None
+        config = AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
     head = model.get_output_embeddings()
     if not isinstance(head, nn.Linear):
         return None
-    wanted = {"weight": _names_of(model, head.weight)}  # tied: the input embedding's name, and lm_head's
+    tied = model.get_input_embeddings() is not None and model.get_input_embeddings().weight is head.weight
+    found = read(source, model, head, tied)
+    wanted = {"weight", "bias"} if head.bias is not None else {"weight"}
+    if set(found) != wanted or found["weight"].shape != head.weight.shape:
+        return None
+    for part, tensor in found.items():
+        setattr(head, part, nn.Parameter(tensor.to(device), requires_grad=False))
+    if tied:  # keep the tie, so parameter counts see one matrix
+        model.get_input_embeddings().weight = head.weight
+    return model.eval().requires_grad_(False)
+
+
+def _safetensors_head(source: ModelSource, model: nn.Module, head: nn.Linear, tied: bool) -> dict[str, torch.Tensor]:
+    """The head's weight (and bias) from the folder's safetensors files, under any of the model's names for them
+    (tied: the input embedding's name, and lm_head's); the file's dtype."""
+    from safetensors import safe_open
+
+    wanted = {"weight": _names_of(model, head.weight)}
     if head.bias is not None:
         wanted["bias"] = _names_of(model, head.bias)
     found: dict[str, torch.Tensor] = {}
-    for file in _weight_files(folder):
+    for file in _weight_files(weights_folder(source)):
         with safe_open(str(file), "pt") as weights:
             keys = set(weights.keys())
             for part, names in wanted.items():
                 name = next((n for n in names if n in keys), None)
                 if part not in found and name is not None:
                     found[part] = weights.get_tensor(name)
-    if set(found) != set(wanted) or found["weight"].shape != head.weight.shape:
-        return None
-    tied = model.get_input_embeddings() is not None and model.get_input_embeddings().weight is head.weight
-    for part, tensor in found.items():
-        setattr(head, part, nn.Parameter(tensor.to(device), requires_grad=False))
-    if tied:  # keep the tie, so parameter counts see one matrix
-        model.get_input_embeddings().weight = head.weight
-    return model.eval().requires_grad_(False)
+    return found
+
+
+def _gguf_head(source: ModelSource, model: nn.Module, head: nn.Linear, tied: bool) -> dict[str, torch.Tensor]:
+    """The head's weight from the GGUF file, dequantised to float32 (as transformers loads GGUF): `output.weight`,
+    or the token embedding `token_embd.weight` when the head is tied to it. A head with a bias: not read (None →
+    the whole teacher). Reads the file's index and that one tensor, not the layers."""
+    from gguf import GGUFReader
+    from gguf.quants import dequantize
+
+    tensors = {t.name: t for t in GGUFReader(Path(source.path) / source.gguf_file).tensors}
+    name = "output.weight" if "output.weight" in tensors else "token_embd.weight" if tied else None
+    tensor = tensors.get(name)
+    if tensor is None or head.bias is not None:
+        return {}
+    return {"weight": torch.from_numpy(dequantize(tensor.data, tensor.tensor_type)).float()}
 
 
 def _names_of(model: nn.Module, param: nn.Parameter) -> list[str]:

