@@ -120,6 +120,12 @@ def _in_place(x: _Heads, divergence: str) -> bool:
     return divergence == "forward_kl" and x.hs.dtype == x.ht.dtype == x.dtype
 
 
+def _work_rows(x: _Heads, divergence: str) -> tuple[bool, int]:
+    """(in place?, the (chunk, V) scratch rows the sweep allocates): 1 in place, else the kernel's."""
+    in_place = _in_place(x, divergence)
+    return in_place, 1 if in_place else WORK_BUFFERS[divergence]
+
+
 def _forward_kl_ce_in_place(s, t, tau, y, w, g=None, kd_coef=None, ce_coef=None, need_dtau=False):
     """``forward_kl_chunk`` and the CE of one chunk, computed with the logits s, t themselves as scratch (both are
     destroyed) and one work row w: the same formulas, two (m, V) rows fewer.
@@ -349,8 +355,7 @@ def fused_kd_ce_loss(student_hidden: torch.Tensor, student_head: torch.Tensor, s
     kernel = divergence_kernel(divergence, alpha, beta)
     x = _heads(student_hidden, student_head, student_bias, teacher_hidden, teacher_head, teacher_bias)
     tau, labels, w_kd, w_ce = _tau_and_weights(x, tau, labels, mask)
-    grad_enabled, in_place = torch.is_grad_enabled(), _in_place(x, divergence)
-    n_work = 1 if in_place else WORK_BUFFERS[divergence]
+    grad_enabled, (in_place, n_work) = torch.is_grad_enabled(), _work_rows(x, divergence)
     opts = {"dtype": x.dtype, "kd_weight": float(kd_weight), "ce_weight": float(ce_weight), "kernel": kernel,
             "n_work": n_work, "in_place": in_place, "grad_enabled": grad_enabled,
             "n": _chunk_tokens(x, chunk_size, chunk_mb, grad_enabled, n_work)}
@@ -368,8 +373,7 @@ def fused_eval_sums(student_hidden, student_head, student_bias, teacher_hidden, 
     """
     x = _heads(student_hidden, student_head, student_bias, teacher_hidden, teacher_head, teacher_bias)
     tau, labels, _, _ = _tau_and_weights(x, 1.0, labels, None)
-    N, in_place = x.shape[0], _in_place(x, "forward_kl")
-    n_work = 1 if in_place else WORK_BUFFERS["forward_kl"]
+    N, (in_place, n_work) = x.shape[0], _work_rows(x, "forward_kl")
     kl, ce, _, agree, *_ = _sweep(x, labels, tau.expand(N), _chunk_tokens(x, chunk_size, chunk_mb, False, n_work),
                                   n_work=n_work, need_agree=True, in_place=in_place)
     valid = labels != IGNORE_INDEX

@@ -88,20 +88,20 @@ def load_head_only(source: ModelSource, device: torch.device, trust_remote_code:
     from transformers import AutoConfig, AutoModelForCausalLM
 
     if source.gguf_file:
-        folder, read = Path(source.path), _gguf_head
-        config = AutoConfig.from_pretrained(folder, gguf_file=source.gguf_file)
+        where, read = Path(source.path) / source.gguf_file, _gguf_head
+        config = AutoConfig.from_pretrained(source.path, gguf_file=source.gguf_file)
     else:
-        folder, read = weights_folder(source), _safetensors_head
-        if folder is None:
+        where, read = weights_folder(source), _safetensors_head
+        if where is None:
             return None
-        config = AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code)
+        config = AutoConfig.from_pretrained(where, trust_remote_code=trust_remote_code)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
     head = model.get_output_embeddings()
     if not isinstance(head, nn.Linear):
         return None
     tied = model.get_input_embeddings() is not None and model.get_input_embeddings().weight is head.weight
-    found = read(source, model, head, tied)
+    found = read(where, model, head, tied)
     wanted = {"weight", "bias"} if head.bias is not None else {"weight"}
     if set(found) != wanted or found["weight"].shape != head.weight.shape:
         return None
@@ -112,7 +112,7 @@ def load_head_only(source: ModelSource, device: torch.device, trust_remote_code:
     return model.eval().requires_grad_(False)
 
 
-def _safetensors_head(source: ModelSource, model: nn.Module, head: nn.Linear, tied: bool) -> dict[str, torch.Tensor]:
+def _safetensors_head(folder: Path, model: nn.Module, head: nn.Linear, tied: bool) -> dict[str, torch.Tensor]:
     """The head's weight (and bias) from the folder's safetensors files, under any of the model's names for them
     (tied: the input embedding's name, and lm_head's); the file's dtype."""
     from safetensors import safe_open
@@ -121,7 +121,7 @@ def _safetensors_head(source: ModelSource, model: nn.Module, head: nn.Linear, ti
     if head.bias is not None:
         wanted["bias"] = _names_of(model, head.bias)
     found: dict[str, torch.Tensor] = {}
-    for file in _weight_files(weights_folder(source)):
+    for file in _weight_files(folder):
         with safe_open(str(file), "pt") as weights:
             keys = set(weights.keys())
             for part, names in wanted.items():
@@ -131,14 +131,14 @@ def _safetensors_head(source: ModelSource, model: nn.Module, head: nn.Linear, ti
     return found
 
 
-def _gguf_head(source: ModelSource, model: nn.Module, head: nn.Linear, tied: bool) -> dict[str, torch.Tensor]:
+def _gguf_head(file: Path, model: nn.Module, head: nn.Linear, tied: bool) -> dict[str, torch.Tensor]:
     """The head's weight from the GGUF file, dequantised to float32 (as transformers loads GGUF): `output.weight`,
     or the token embedding `token_embd.weight` when the head is tied to it. A head with a bias: not read (None →
     the whole teacher). Reads the file's index and that one tensor, not the layers."""
     from gguf import GGUFReader
     from gguf.quants import dequantize
 
-    tensors = {t.name: t for t in GGUFReader(Path(source.path) / source.gguf_file).tensors}
+    tensors = {t.name: t for t in GGUFReader(file).tensors}
     name = "output.weight" if "output.weight" in tensors else "token_embd.weight" if tied else None
     tensor = tensors.get(name)
     if tensor is None or head.bias is not None:

@@ -26,13 +26,13 @@ def val_ppl(history):
     return {row["step"]: row["val/ppl"] for row in history if "val/ppl" in row}
 
 
-@pytest.mark.parametrize("granularity, divergence", [("global", "forward_kl"), ("token", "forward_kl"),
-                                                     ("global", "jsd")])
-def test_fused_and_logits_paths_give_the_same_run(granularity, divergence):
+def assert_same_run(*overrides, keys=("train/kd_loss", "train/ce_loss", "ctkd/temperature", "val/kl",
+                                     "val/top1_agreement")):
+    """loss.fused=true and false on the tiny preset with `overrides`: the same val/ppl at every evaluation (1e-4)
+    and the same `keys` at every step."""
     runs = {}
     for fused in ("true", "false"):
-        cfg = tiny(f"loss.fused={fused}", f"temperature.granularity={granularity}", "train.teacher_cache_mb=0",
-                   f"loss.divergence={divergence}")
+        cfg = tiny(f"loss.fused={fused}", *overrides)
         setup = prepare(cfg)
         assert setup.fused == (fused == "true")
         runs[fused] = distill(cfg, setup=setup, **QUIET).history
@@ -41,9 +41,16 @@ def test_fused_and_logits_paths_give_the_same_run(granularity, divergence):
     for step, want in ppl_logits.items():
         assert ppl_fused[step] == pytest.approx(want, rel=1e-4), step
     for a, b in zip(runs["true"], runs["false"]):  # every step's losses and temperature, too
-        for key in ("train/kd_loss", "train/ce_loss", "ctkd/temperature", "val/kl", "val/top1_agreement"):
+        for key in keys:
             if key in b:
                 assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), (a["step"], key)
+
+
+@pytest.mark.parametrize("granularity, divergence", [("global", "forward_kl"), ("token", "forward_kl"),
+                                                     ("global", "jsd")])
+def test_fused_and_logits_paths_give_the_same_run(granularity, divergence):
+    assert_same_run(f"temperature.granularity={granularity}", "train.teacher_cache_mb=0",
+                    f"loss.divergence={divergence}")
 
 
 @pytest.mark.parametrize("granularity", ["global", "token"])
@@ -55,23 +62,10 @@ def test_instruction_data_takes_the_fused_path_with_the_same_run(tmp_path, granu
             for i in range(40)]
     source = tmp_path / "pairs.jsonl"
     source.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    runs = {}
-    for fused in ("true", "false"):
-        cfg = tiny(f"loss.fused={fused}", f"temperature.granularity={granularity}", f"data.source={source}",
-                   "data.format=prompt_response", "data.packing=false", "data.block_size=24", "data.val_fraction=0.2",
-                   "loss.align_weight=0.5")
-        setup = prepare(cfg)
-        assert setup.fused == (fused == "true")
-        runs[fused] = distill(cfg, setup=setup, **QUIET).history
-    ppl_fused, ppl_logits = val_ppl(runs["true"]), val_ppl(runs["false"])
-    assert ppl_fused.keys() == ppl_logits.keys() and len(ppl_fused) >= 4
-    for step, want in ppl_logits.items():
-        assert ppl_fused[step] == pytest.approx(want, rel=1e-4), step
-    for a, b in zip(runs["true"], runs["false"]):
-        for key in ("train/loss", "train/kd_loss", "train/ce_loss", "ctkd/temperature", "val/kl",
-                    "val/top1_agreement"):
-            if key in b:
-                assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), (a["step"], key)
+    assert_same_run(f"temperature.granularity={granularity}", f"data.source={source}", "data.format=prompt_response",
+                    "data.packing=false", "data.block_size=24", "data.val_fraction=0.2", "loss.align_weight=0.5",
+                    keys=("train/loss", "train/kd_loss", "train/ce_loss", "ctkd/temperature", "val/kl",
+                          "val/top1_agreement"))
 
 
 def test_a_trial_on_stored_teacher_states_gives_the_same_run(tmp_path, monkeypatch):
