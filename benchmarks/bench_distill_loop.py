@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 
 from ctkd_tune import distill, load_config, prepare
-from ctkd_tune.ctkd import CTKDTemperature, lambda_at
-from ctkd_tune.data import get_batch
+from ctkd_tune.core.ctkd import CTKDTemperature, lambda_at
+from ctkd_tune.inputs.data import get_batch
 
 
 def naive_loop(cfg, setup, student) -> float:

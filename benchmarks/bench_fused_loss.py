@@ -38,8 +38,8 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-from ctkd_tune.fused_loss import CPU_CHUNK_MB, fused_kd_ce_loss  # noqa: E402
-from ctkd_tune.losses import kd_loss  # noqa: E402
+from ctkd_tune.core.fused_loss import CPU_CHUNK_MB, fused_kd_ce_loss  # noqa: E402
+from ctkd_tune.core.losses import kd_loss  # noqa: E402
 
 MB = 2**20
 

@@ -25,10 +25,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 from ctkd_tune import distill, load_config  # noqa: E402
-from ctkd_tune.data import TokenData  # noqa: E402
-from ctkd_tune.distill import Setup  # noqa: E402
-from ctkd_tune.fused_step import use_fused  # noqa: E402
-from ctkd_tune.teacher import Teacher  # noqa: E402
+from ctkd_tune.inputs.data import TokenData  # noqa: E402
+from ctkd_tune.run.loop import Setup  # noqa: E402
+from ctkd_tune.run.fused_step import use_fused  # noqa: E402
+from ctkd_tune.run.teacher import Teacher  # noqa: E402
 
 MB = 2**20
 

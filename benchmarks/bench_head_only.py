@@ -47,7 +47,7 @@ def make_teacher(folder: Path, layers: int, width: int) -> None:
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from ctkd_tune.embedded import builtin_tokenizer
+    from ctkd_tune.inputs.embedded import builtin_tokenizer
 
     tokenizer = builtin_tokenizer("shakespeare")
     torch.manual_seed(0)
@@ -59,7 +59,7 @@ def make_teacher(folder: Path, layers: int, width: int) -> None:
 
 def child(mode: str, folder: Path, stored: str, steps: int) -> None:
     from ctkd_tune import distill, prepare
-    from ctkd_tune.models import count_parameters
+    from ctkd_tune.inputs.models import count_parameters
 
     cfg = config(folder, steps)
     tic = time.perf_counter()
@@ -90,7 +90,7 @@ def main() -> int:
     folder = work / "teacher"
     make_teacher(folder, args.layers, args.width)
     from ctkd_tune import prepare
-    from ctkd_tune.teacher_states import build
+    from ctkd_tune.run.teacher_states import build
 
     cfg = config(folder, args.steps)
     driver = prepare(cfg)

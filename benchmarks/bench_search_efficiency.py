@@ -30,7 +30,7 @@ METHODS = {"tpe+asha": ("tpe", "asha"), "random": ("random", "none")}
 
 
 def run_one(cfg, method: str, seed: int, args, root: Path) -> dict:
-    from ctkd_tune.search import SearchSettings, run_search
+    from ctkd_tune.search.driver import SearchSettings, run_search
 
     sampler, scheduler = METHODS[method]
     tic = time.perf_counter()
@@ -59,8 +59,8 @@ def main() -> int:
     import ray
 
     from ctkd_tune.config import load_config
-    from ctkd_tune.distill import prepare
-    from ctkd_tune.search_progress import steps_to_target
+    from ctkd_tune.run.loop import prepare
+    from ctkd_tune.search.efficiency import steps_to_target
 
     cfg = load_config(preset=args.preset, overrides=overrides)
     prepare(cfg)  # teacher and tokens cached before any search

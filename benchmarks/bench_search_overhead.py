@@ -27,7 +27,7 @@ from pathlib import Path
 def bare_run(cfg, threads: int) -> tuple[float, float]:
     import torch
 
-    from ctkd_tune.distill import distill, prepare
+    from ctkd_tune.run.loop import distill, prepare
 
     torch.set_num_threads(threads)
     with tempfile.TemporaryDirectory() as tmp:
@@ -39,7 +39,7 @@ def bare_run(cfg, threads: int) -> tuple[float, float]:
 
 
 def ray_run(cfg, threads: int, root: Path, index: int) -> tuple[float, float, float]:
-    from ctkd_tune.search import SearchSettings, run_search
+    from ctkd_tune.search.driver import SearchSettings, run_search
 
     space = root / "one_point.yaml"
     space.write_text(f"schedule.type: {{type: categorical, choices: [{cfg.schedule.type}]}}\n")  # = the base config
@@ -64,7 +64,7 @@ def main() -> None:
     import ray
 
     from ctkd_tune.config import load_config
-    from ctkd_tune.distill import prepare
+    from ctkd_tune.run.loop import prepare
 
     # the seeds a search fixes, so both sides run exactly the same distillation
     cfg = load_config(preset=args.preset, overrides=["train.data_seed=0", "train.init_seed=0", *overrides])

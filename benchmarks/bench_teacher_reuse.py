@@ -24,7 +24,7 @@ ARMS = {"recomputed": ["train.eval_cache_mb=0", "train.teacher_cache_mb=0"],
 
 
 def one_run(cfg) -> tuple[float, float]:
-    from ctkd_tune.distill import distill, prepare
+    from ctkd_tune.run.loop import distill, prepare
 
     setup = prepare(cfg)  # a fresh student (distill trains it in place); teacher and tokens come from the cache
     tic = time.perf_counter()
@@ -43,9 +43,9 @@ def main() -> int:
 
     import torch
 
-    from ctkd_tune import teacher_states
+    from ctkd_tune.run import teacher_states
     from ctkd_tune.config import load_config
-    from ctkd_tune.distill import evaluation_steps, prepare
+    from ctkd_tune.run.loop import evaluation_steps, prepare
 
     torch.set_num_threads(args.threads)
     configs = {arm: load_config(preset=args.preset, overrides=[*overrides, *extra]) for arm, extra in ARMS.items()}

@@ -84,7 +84,7 @@ def _config(args, steps: int):
 
 def _batches(cfg, data):
     """The run's training batches in order, and the held-out batches, as rows for a HF dataset."""
-    from ctkd_tune.data import eval_batches, get_batch
+    from ctkd_tune.inputs.data import eval_batches, get_batch
 
     def rows(pairs):
         return [{"input_ids": x_row, "attention_mask": [1] * len(x_row), "labels": x_row}
@@ -98,7 +98,7 @@ def _batches(cfg, data):
 def run_ctkd_tune(cfg, setup, trial: bool, work: Path) -> dict:
     import importlib
 
-    loop = importlib.import_module("ctkd_tune.distill")  # the module (the package exports a function of that name)
+    loop = importlib.import_module("ctkd_tune.run.loop")  # the module (the package exports a function of that name)
 
     if not trial:
         loop.evaluation_steps = lambda cfg: set()  # per step: training steps only, as in the peers
@@ -114,7 +114,7 @@ def run_peer(arm: str, cfg, setup, trial: bool, work: Path) -> dict:
     from datasets import Dataset
     from transformers import Trainer, TrainerCallback, TrainingArguments, default_data_collator
 
-    from ctkd_tune.distill import evaluation_steps
+    from ctkd_tune.run.loop import evaluation_steps
 
     t = cfg.train
     train_rows, eval_rows = _batches(cfg, setup.data)
@@ -166,7 +166,7 @@ def worker(args) -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    from ctkd_tune.distill import prepare
+    from ctkd_tune.run.loop import prepare
 
     cfg = _config(args, args.steps)
     setup = prepare(cfg)
@@ -249,8 +249,8 @@ def _tokens_per_step(args) -> int:
 
 def _store_teacher_states(args) -> None:
     """What the search driver does once per search; its cost is printed, not counted in any trial."""
-    from ctkd_tune import teacher_states
-    from ctkd_tune.distill import prepare
+    from ctkd_tune.run import teacher_states
+    from ctkd_tune.run.loop import prepare
 
     cfg = _config(args, args.trial_steps)
     setup = prepare(cfg)

@@ -74,10 +74,10 @@ def profile_once(args) -> dict:
     import torch
 
     timer = Timer()
-    loop = importlib.import_module("ctkd_tune.distill")  # the module (the package exports a function of that name)
-    preparation = importlib.import_module("ctkd_tune.preparation")
+    loop = importlib.import_module("ctkd_tune.run.loop")  # the module (the package exports a function of that name)
+    preparation = importlib.import_module("ctkd_tune.run.prepare")
     from ctkd_tune.config import load_config
-    from ctkd_tune.spaces import trial_config
+    from ctkd_tune.search.spaces import trial_config
 
     torch.set_num_threads(args.threads)
     timer.seconds["imports"], timer.cpu["imports"] = time.perf_counter() - STARTED, time.process_time()
@@ -167,7 +167,7 @@ def main() -> int:
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if not args.overrides and args.preset == "shakespeare":
-        from ctkd_tune.search import DEFAULT_BUDGET
+        from ctkd_tune.search.driver import DEFAULT_BUDGET
 
         args.overrides = [f"{k}={v}" for k, v in DEFAULT_BUDGET.items()]
     if args.worker:
@@ -209,9 +209,9 @@ def main() -> int:
 
 
 def _store_teacher_states(args) -> None:
-    from ctkd_tune import teacher_states
+    from ctkd_tune.run import teacher_states
     from ctkd_tune.config import load_config
-    from ctkd_tune.distill import prepare
+    from ctkd_tune.run.loop import prepare
 
     cfg = load_config(preset=args.preset, overrides=args.overrides)
     setup = prepare(cfg)

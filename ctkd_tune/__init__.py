@@ -15,13 +15,13 @@ import types
 from ctkd_tune.config import PRESETS, Config, ConfigError, dump_yaml, load_config
 
 # The rest imports torch: loaded on first use, so `ctkd-tune --help` and the config tools start in well under
-# a second. A module class rather than a module-level __getattr__: importing the submodule ctkd_tune.distill binds
+# a second. A module class rather than a module-level __getattr__: importing the submodule ctkd_tune.run.loop binds
 # it as the package attribute `distill`, which would hide the function `distill` of the public API.
 _LAZY = {
-    "ctkd_tune.ctkd": ("CTKDTemperature", "CTKDTemperaturePredictor", "GradientReversalFunction",
+    "ctkd_tune.core.ctkd": ("CTKDTemperature", "CTKDTemperaturePredictor", "GradientReversalFunction",
                        "GradientReversalLayer", "LAMBDA_SCHEDULES", "get_lambda", "get_lambda_exp", "lambda_at"),
-    "ctkd_tune.losses": ("kd_loss",),
-    "ctkd_tune.distill": ("RunResult", "Setup", "distill", "prepare"),
+    "ctkd_tune.core.losses": ("kd_loss",),
+    "ctkd_tune.run.loop": ("RunResult", "Setup", "distill", "prepare"),
 }
 _HOME = {name: module for module, names in _LAZY.items() for name in names}
 

@@ -33,14 +33,14 @@ def config_file(args: argparse.Namespace) -> str | Path | None:
         return args.config
     if args.config:
         raise ConfigError("give --config or --recipe, not both")
-    from ctkd_tune.recipes import recipe_file
+    from ctkd_tune.inputs.recipes import recipe_file
 
     return recipe_file(args.recipe)
 
 
 def cmd_distill(args: argparse.Namespace) -> int:
     """Run one CTKD distillation and write metrics.parquet, summary.json and the student to --output."""
-    from ctkd_tune.runner import run_distill
+    from ctkd_tune.run.folder import run_distill
 
     output = Path(args.output)
     given = args.config or args.recipe or args.preset or args.overrides
@@ -62,7 +62,7 @@ def _round(value, digits: int):
 
 def cmd_teacher(args: argparse.Namespace) -> int:
     """Pre-train the embedded Shakespeare teacher (once; later calls reuse the cache)."""
-    from ctkd_tune.embedded import build_teacher
+    from ctkd_tune.inputs.embedded import build_teacher
 
     path = build_teacher(args.name, force=args.force)
     print(f"teacher ready: {path}")
@@ -78,7 +78,7 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 def cmd_recipes(args: argparse.Namespace) -> int:
     """List the shipped recipes (real teacher/student pairs): name, hardware, what they distil."""
-    from ctkd_tune.recipes import list_recipes
+    from ctkd_tune.inputs.recipes import list_recipes
 
     for info in list_recipes():
         print(f"{info.name:24s} {info.hardware}\n{'':24s} {info.description}")
@@ -88,7 +88,7 @@ def cmd_recipes(args: argparse.Namespace) -> int:
 
 def cmd_sample(args: argparse.Namespace) -> int:
     """Print continuations of --prompt from a trained student and its teacher, side by side."""
-    from ctkd_tune.sample import sample_side_by_side
+    from ctkd_tune.run.sample import sample_side_by_side
 
     print(sample_side_by_side(args.student, args.prompt, teacher=args.teacher, num=args.num,
                               max_new_tokens=args.max_new_tokens, seed=args.seed, chat=args.chat))
@@ -97,15 +97,15 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 def cmd_search(args: argparse.Namespace) -> int:
     """Search the CTKD knobs: Ray Tune trials of full distillations, Optuna TPE, ASHA; results in results/NAME/."""
-    from ctkd_tune.raycluster import client_auth_from_env
+    from ctkd_tune.search.cluster import client_auth_from_env
 
     if args.submit:  # the same command as a Ray Job on a running cluster; returns at once
-        from ctkd_tune.submit import submit
+        from ctkd_tune.search.submit import submit
 
         submit(args.argv, args.name, args.results_dir, args.address)
         return 0
     client_auth_from_env(args.address)  # before Ray is imported: a ray:// client must know to send its token
-    from ctkd_tune.search import SearchSettings, base_config, run_search  # imports Ray: only this command needs it
+    from ctkd_tune.search.driver import SearchSettings, base_config, run_search  # imports Ray: only this command needs it
 
     given = args.config or args.recipe or args.preset or args.overrides  # none: the experiment's own config, or default
     if args.dry_run:
@@ -123,8 +123,8 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def _dry_run(args: argparse.Namespace, cfg) -> int:
-    from ctkd_tune.dryrun import default_concurrency, plan_text, teacher_missing, time_steps
-    from ctkd_tune.search_settings import DEFAULT_NUM_SAMPLES
+    from ctkd_tune.search.dryrun import default_concurrency, plan_text, teacher_missing, time_steps
+    from ctkd_tune.search.settings import DEFAULT_NUM_SAMPLES
 
     missing = teacher_missing(cfg)
     print(plan_text(cfg, args.space, args.num_samples or DEFAULT_NUM_SAMPLES,
@@ -139,10 +139,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
     Writes results/NAME/validation.parquet (one row per run) and validation.md (table and verdict). Exit code 0
     when an arm is recommended, 1 when none passes.
     """
-    from ctkd_tune.raycluster import client_auth_from_env
+    from ctkd_tune.search.cluster import client_auth_from_env
 
     client_auth_from_env(args.address)
-    from ctkd_tune.validate import run_validation  # imports Ray: only this command (and search) needs it
+    from ctkd_tune.validate.driver import run_validation  # imports Ray: only this command (and search) needs it
 
     result = run_validation(args.experiment, top_k=args.top_k, seeds=args.seeds, steps=args.steps,
                             rank_by=args.rank_by, ppl_target=args.ppl_target, target_vs=args.target_vs,
@@ -153,7 +153,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     """Write the recommended configuration with its provenance, runnable by `ctkd-tune distill --config`."""
-    from ctkd_tune.export import export
+    from ctkd_tune.validate.export import export
 
     export(args.experiment, args.format, args.output, args.with_student)
     return 0
@@ -161,7 +161,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     """Plot a search and its validation: PNGs, report.md and a standalone report.html in results/NAME/."""
-    from ctkd_tune.report import build_report
+    from ctkd_tune.validate.report import build_report
 
     build_report(args.experiment)
     return 0
@@ -169,7 +169,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     """Show a search's trials as the live table does, from its files (study + tables); no Ray, any time."""
-    from ctkd_tune.watch import status_from_files
+    from ctkd_tune.search.status import status_from_files
 
     print(status_from_files(args.experiment))
     return 0

@@ -14,7 +14,7 @@ A space only calls `trial.suggest_*`; parameter names are the config's dotted ke
 
 from __future__ import annotations
 
-from ctkd_tune.arms import FALLBACK_C, KNOWN_POINTS, RECOMMENDED  # noqa: F401 (the space's known points)
+from ctkd_tune.search.arms import FALLBACK_C, KNOWN_POINTS, RECOMMENDED  # noqa: F401 (the space's known points)
 
 TAU_MARGIN = 1.0
 """Smallest temperature range: a narrower one leaves the adversary nothing to choose."""

@@ -10,8 +10,8 @@ to the one table that implements it; these tests fail until both (and the defaul
 import pytest
 
 from ctkd_tune.config import GRANULARITIES, LEARNED_MODES, SCHEDULE_TYPES, TEMPERATURE_MODES
-from ctkd_tune.ctkd import LAMBDA_SCHEDULES
-from ctkd_tune.temperature import LEARNED, SET
+from ctkd_tune.core.ctkd import LAMBDA_SCHEDULES
+from ctkd_tune.core.temperature import LEARNED, SET
 
 
 class RecordingTrial:
@@ -53,7 +53,7 @@ def test_the_default_space_offers_exactly_the_configs_names():
 
 def test_divergences_are_the_configs_divergences():
     from ctkd_tune.config import DIVERGENCES
-    from ctkd_tune.losses import DIVERGENCES as KERNELS, WORK_BUFFERS
+    from ctkd_tune.core.losses import DIVERGENCES as KERNELS, WORK_BUFFERS
 
     assert tuple(KERNELS) == DIVERGENCES and set(WORK_BUFFERS) == set(DIVERGENCES)
 
@@ -68,8 +68,8 @@ def test_the_divergence_space_offers_exactly_the_configs_divergences():
 
 
 def test_validation_curves_keep_a_subset_of_the_searchs_curve_metrics():
-    from ctkd_tune.results import CURVE_METRICS
-    from ctkd_tune.validate_runs import CURVE_KEYS
+    from ctkd_tune.search.results import CURVE_METRICS
+    from ctkd_tune.validate.runs import CURVE_KEYS
 
     assert set(CURVE_KEYS) <= set(CURVE_METRICS) and "val/ppl" in CURVE_KEYS
 

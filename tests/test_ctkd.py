@@ -1,4 +1,4 @@
-"""Tests for ctkd_tune.ctkd: gradient reversal, learnable temperatures, and λ schedules.
+"""Tests for ctkd_tune.core.ctkd: gradient reversal, learnable temperatures, and λ schedules.
 
 Run: python -m pytest tests/test_ctkd.py
 
@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ctkd_tune.ctkd import (
+from ctkd_tune.core.ctkd import (
     LAMBDA_SCHEDULES,
     CTKDTemperature,
     CTKDTemperaturePredictor,
@@ -25,7 +25,7 @@ from ctkd_tune.ctkd import (
     token_features,
 )
 from ctkd_tune.config import ScheduleConfig
-from ctkd_tune.losses import kd_loss
+from ctkd_tune.core.losses import kd_loss
 
 from logits import make_logits  # tests/logits.py
 

@@ -1,4 +1,4 @@
-"""Tests for ctkd_tune.data: sources, the token cache, splits and deterministic batches (all on "tiny")."""
+"""Tests for ctkd_tune.inputs.data: sources, the token cache, splits and deterministic batches (all on "tiny")."""
 import json
 from pathlib import Path
 
@@ -6,8 +6,8 @@ import pandas as pd
 import pytest
 import torch
 
-from ctkd_tune import data
-from ctkd_tune.embedded import builtin_tokenizer
+from ctkd_tune.inputs import data
+from ctkd_tune.inputs.embedded import builtin_tokenizer
 
 
 @pytest.fixture(autouse=True)
@@ -133,7 +133,7 @@ def test_eval_batches_fixed_and_non_overlapping():
 # instruction data: prompt_response and chat, masks, packing, sources, bad rows
 
 from ctkd_tune.config import DataConfig  # noqa: E402
-from ctkd_tune.instruct import IGNORE_INDEX, DataError, encode_chat, example_batch, load_examples, pack_blocks  # noqa: E402
+from ctkd_tune.inputs.instruct import IGNORE_INDEX, DataError, encode_chat, example_batch, load_examples, pack_blocks  # noqa: E402
 
 PAIRS = [("What is love?", "Baby don't hurt me."), ("Say hi.", "Hi."), ("Count to three.", "One, two, three."),
          ("Name a colour.", "Blue."), ("Who wrote Hamlet?", "Shakespeare did.")]
@@ -262,7 +262,7 @@ def _tiny_lm(seed: int, vocab: int = 40):
 
 
 def _losses(student, teacher, x, y, attention, tau=2.0):
-    from ctkd_tune.distill import counted_losses
+    from ctkd_tune.run.loop import counted_losses
 
     mask = y != IGNORE_INDEX
     return counted_losses(student(x, attention_mask=attention).logits, teacher(x, attention_mask=attention).logits,
@@ -271,14 +271,14 @@ def _losses(student, teacher, x, y, attention, tau=2.0):
 
 def _blocks(examples, block_size=15):
     blocks, _ = pack_blocks(examples, block_size=block_size, pad_id=0, packing=False)
-    from ctkd_tune.instruct import _split
+    from ctkd_tune.inputs.instruct import _split
 
     return _split(blocks, torch.arange(len(blocks.ids)))
 
 
 @torch.no_grad()
 def test_masked_losses_equal_the_losses_on_response_tokens_alone():
-    from ctkd_tune.losses import kd_loss_reference
+    from ctkd_tune.core.losses import kd_loss_reference
 
     student, teacher = _tiny_lm(0), _tiny_lm(1)
     g = torch.Generator().manual_seed(0)

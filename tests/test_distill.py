@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from ctkd_tune import distill, load_config, prepare
-from ctkd_tune.checks import check_steps
+from ctkd_tune.run.checks import check_steps
 from ctkd_tune.config import GRANULARITIES, LEARNED_MODES, TEMPERATURE_MODES
 
 QUIET = dict(report=lambda metrics, checkpoint: None, progress=False)
@@ -87,7 +87,7 @@ def test_teacher_logits_on_held_out_data_are_computed_once_and_change_nothing():
             self.calls += int(torch.equal(x, self.first))
             return self.teacher.body(x, attention_mask)
 
-    from ctkd_tune.data import eval_batches
+    from ctkd_tune.inputs.data import eval_batches
 
     runs = {}
     for cache_mb in (0, 1024):
@@ -228,7 +228,7 @@ def test_precision_auto_is_fp32_on_cpu_and_bf16_runs_on_cpu_with_finite_close_lo
 
 
 def test_bf16_autocasts_the_forward_passes_on_cpu():
-    from ctkd_tune.distill import autocast_for
+    from ctkd_tune.run.loop import autocast_for
 
     layer = torch.nn.Linear(4, 4)
     with autocast_for("bf16", torch.device("cpu"))():

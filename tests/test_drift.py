@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from ctkd_tune import distill, load_config
-from ctkd_tune.checks import LATE_PACE, drift_shares, sanity_checks, temperature_drift, temperature_runaway
+from ctkd_tune.run.checks import LATE_PACE, drift_shares, sanity_checks, temperature_drift, temperature_runaway
 from ctkd_tune.config import ConfigError
 
 STEPS = 150
@@ -118,7 +118,7 @@ def test_real_runs_plain_minimisation_drifts_and_ctkd_does_not():
     ctkd = distill(load_config(preset="tiny", overrides=["temperature.mode=ctkd", "temperature.lr=1.0"]), **quiet)
     assert ctkd.history[-1]["ctkd/temperature"] > 2.5
     assert ctkd.summary["checks"]["no_temperature_drift"]["passed"]
-    from ctkd_tune.verdict import run_metrics
+    from ctkd_tune.validate.verdict import run_metrics
 
     assert run_metrics(learnable.summary, learnable.history, 60)["drift"]
     assert not run_metrics(ctkd.summary, ctkd.history, 60)["drift"]
@@ -134,7 +134,7 @@ class _Result:
 
 
 def test_trials_parquet_has_a_drift_column():
-    from ctkd_tune.results import build_tables
+    from ctkd_tune.search.results import build_tables
 
     base = config("learnable").to_dict()
     reports = lambda curve: [{"step": s, "val/ppl": 300.0, "ctkd/temperature": curve(s / STEPS), "ctkd/lambda": 0.0,

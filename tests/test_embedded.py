@@ -1,4 +1,4 @@
-"""Tests for ctkd_tune.embedded: corpus, deterministic tokenizers, the cached tiny teacher, student sizes.
+"""Tests for ctkd_tune.inputs.embedded: corpus, deterministic tokenizers, the cached tiny teacher, student sizes.
 
 The full "shakespeare" teacher takes minutes to pre-train; its test is marked `slow` and skipped unless
 CTKD_TUNE_SLOW=1 (it then builds in a temporary cache, never the user's).
@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from ctkd_tune import cache as cache_mod
-from ctkd_tune import data, embedded
+from ctkd_tune.inputs import cache as cache_mod
+from ctkd_tune.inputs import data, embedded
 
 
 @pytest.fixture(autouse=True)

@@ -13,12 +13,12 @@ import yaml
 
 from ctkd_tune.cli import main
 from ctkd_tune.config import ConfigError, load_config
-from ctkd_tune.experiment import open_experiment
-from ctkd_tune.export import export, recommend
+from ctkd_tune.search.experiment import open_experiment
+from ctkd_tune.validate.export import export, recommend
 from ctkd_tune.io import atomic_write_json, atomic_write_parquet
-from ctkd_tune.report import build_report
-from ctkd_tune.validate import make_plan
-from ctkd_tune.validate_runs import STUDENTS, run_config, run_row
+from ctkd_tune.validate.report import build_report
+from ctkd_tune.validate.driver import make_plan
+from ctkd_tune.validate.runs import STUDENTS, run_config, run_row
 from test_validate import KNOBS, STEPS, fabricate_experiment  # the search's tables, fabricated (same schema)
 
 PASSING = {"t00-cosine-lam0.8": [250.0, 252.0], "fallback_A": [260.0, 261.0], "fallback_B": [270.0, 275.0],
@@ -89,7 +89,7 @@ def test_export_validated_round_trip_yaml_and_json(experiment, tmp_path, capsys)
 def test_export_with_student_copies_a_loadable_model(experiment, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ctkd_tune.distill import distill, prepare
+    from ctkd_tune.run.loop import distill, prepare
 
     plan = add_validation(experiment, PASSING)
     cfg = run_config(plan["arms"][0], plan["seeds"][0])
@@ -178,7 +178,7 @@ def test_help_lists_the_flags(capsys):
 
 
 def test_report_ranks_only_knobs_that_varied(tmp_path, monkeypatch):
-    from ctkd_tune import plots
+    from ctkd_tune.validate import plots
 
     knobs = [({"temperature.tau_max": 2.5 + i, "schedule.lambda_max": 0.1 * (i + 1), "schedule.type": "cosine"},
               "completed", 250.0 + 7 * i * (-1) ** i) for i in range(6)]

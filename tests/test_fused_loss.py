@@ -1,4 +1,4 @@
-"""Tests for ctkd_tune.fused_loss: parity of the fused head + KD + CE loss with the logits path (s = h·Wᵀ + b, then
+"""Tests for ctkd_tune.core.fused_loss: parity of the fused head + KD + CE loss with the logits path (s = h·Wᵀ + b, then
 ``kd_loss`` + F.cross_entropy) in value and every gradient, its float64 gradcheck, masks, bf16, tied heads, the
 evaluation sums, the per-token features and bad input. The `gpu` tests run only where CUDA is available.
 
@@ -9,10 +9,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import ctkd_tune.fused_loss as fused_loss
-from ctkd_tune.ctkd import token_features
-from ctkd_tune.fused_loss import fused_eval_sums, fused_kd_ce_loss, fused_token_features
-from ctkd_tune.losses import kd_loss
+import ctkd_tune.core.fused_loss as fused_loss
+from ctkd_tune.core.ctkd import token_features
+from ctkd_tune.core.fused_loss import fused_eval_sums, fused_kd_ce_loss, fused_token_features
+from ctkd_tune.core.losses import kd_loss
 
 N, V, HS, HT = 20, 37, 8, 12
 

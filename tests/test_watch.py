@@ -12,8 +12,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from ctkd_tune.names import path_name, trial_name
-from ctkd_tune.watch import WIDTH, TrialRow, best_row, render, should_print, signature, status_from_files
+from ctkd_tune.search.names import path_name, trial_name
+from ctkd_tune.search.status import WIDTH, TrialRow, best_row, render, should_print, signature, status_from_files
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS = {"temperature.tau_min": 1.0, "temperature.tau_max": 5.0, "temperature.tau_init": 2.0,
@@ -35,7 +35,7 @@ def test_trial_name_reads_the_knobs_and_is_safe_everywhere():
 
 
 def test_trial_names_are_unique_and_stable():
-    from ctkd_tune.spaces import load_space
+    from ctkd_tune.search.spaces import load_space
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -97,7 +97,7 @@ def test_printed_on_changes_at_most_every_period_otherwise():
 
 
 def test_rows_from_ray_trials_show_pruned_not_terminated():
-    from ctkd_tune.tune_watch import rows_from_trials
+    from ctkd_tune.search.reporter import rows_from_trials
 
     def trial(number, ray_status, **result):
         return SimpleNamespace(status=ray_status, config={"optuna_trial": number, **PARAMS}, last_result=result)
@@ -182,7 +182,7 @@ def test_status_of_an_interrupted_search_through_the_cli(tmp_path, capsys):
 
 def test_tensorboard_files_read_back_by_tensorboard(tmp_path):
     event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
-    from ctkd_tune.tboard import Board
+    from ctkd_tune.run.tboard import Board
 
     board = Board(tmp_path / "t00", hparams={"temperature.tau_min": 1.0, "schedule.type": "cosine"})
     for step in range(1, 6):
@@ -226,8 +226,8 @@ def test_help_and_version_import_nothing_heavy():
 
 
 def test_grafana_dashboard_plots_every_gauge_per_trial():
-    from ctkd_tune.grafana import DASHBOARD
-    from ctkd_tune.tune_watch import GAUGES
+    from ctkd_tune.search.grafana import DASHBOARD
+    from ctkd_tune.search.reporter import GAUGES
 
     dashboard = json.loads(DASHBOARD.read_text())
     exprs = [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
@@ -237,7 +237,7 @@ def test_grafana_dashboard_plots_every_gauge_per_trial():
 
 
 def test_submit_entrypoint_is_the_same_search_on_the_cluster(tmp_path, monkeypatch):
-    from ctkd_tune.submit import auth_headers, entrypoint
+    from ctkd_tune.search.submit import auth_headers, entrypoint
 
     argv = ["search", "--preset", "tiny", "--name", "smoke", "--submit", "--address", "http://127.0.0.1:8265",
             "--results-dir", "res", "--set", "train.steps=12"]
@@ -254,7 +254,7 @@ def test_submit_entrypoint_is_the_same_search_on_the_cluster(tmp_path, monkeypat
 
 def test_dry_run_plan_shows_config_space_budget_and_estimate():
     from ctkd_tune.config import load_config
-    from ctkd_tune.dryrun import Estimate, plan_text
+    from ctkd_tune.search.dryrun import Estimate, plan_text
 
     cfg = load_config(preset="tiny", overrides=["train.steps=60", "train.eval_every=20"])
     text = plan_text(cfg, None, num_samples=4, concurrent=2, estimate=Estimate(step_s=2.0, eval_s=1.0))

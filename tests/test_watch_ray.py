@@ -18,7 +18,7 @@ ray = pytest.importorskip("ray")
 from ray import tune  # noqa: E402
 
 from ctkd_tune.config import load_config  # noqa: E402
-from ctkd_tune.tune_watch import GAUGES, TrialGauges, named_trainable, ray_trial_dirname, ray_trial_name  # noqa
+from ctkd_tune.search.reporter import GAUGES, TrialGauges, named_trainable, ray_trial_dirname, ray_trial_name  # noqa
 
 QUICK = ["train.steps=12", "train.eval_every=4", "train.eval_batches=1", "train.batch_size=4"]
 DEADLINE_S = 240  # generous: the machine may be busy; every wait below ends as soon as its event happens
@@ -99,7 +99,7 @@ def test_a_tiny_search_uses_the_names_everywhere(cluster, tmp_path, capsys):
     """Trial dirs, tables and TensorBoard runs carry the same names; the live table is printed without paths."""
     import pandas as pd
     event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
-    from ctkd_tune.search import SearchSettings, run_search
+    from ctkd_tune.search.driver import SearchSettings, run_search
 
     base = load_config(preset="tiny", overrides=QUICK)
     result = run_search(base, SearchSettings(name="w", num_samples=2, results_root=tmp_path, grace_period=4,

@@ -24,12 +24,12 @@ from typing import Any
 import torch
 from ray import tune
 
-from ctkd_tune.checkpoint import load_checkpoint
-from ctkd_tune.checks import RunawayCounter
-from ctkd_tune.distill import distill, prepare
-from ctkd_tune.raycluster import worker_setup
-from ctkd_tune.results import CURVE_METRICS, OPTUNA_TRIAL_KEY
-from ctkd_tune.spaces import trial_config
+from ctkd_tune.run.checkpoint import load_checkpoint
+from ctkd_tune.run.checks import RunawayCounter
+from ctkd_tune.run.loop import distill, prepare
+from ctkd_tune.search.cluster import worker_setup
+from ctkd_tune.search.results import CURVE_METRICS, OPTUNA_TRIAL_KEY
+from ctkd_tune.search.spaces import trial_config
 from ctkd_tune.values import finite
 
 SCRATCH = "ctkd-scratch"
@@ -42,7 +42,7 @@ def train_ctkd(params: dict[str, Any], base: dict[str, Any], watch: dict[str, st
     teacher states the driver built (the trial then loads the teacher's head only, see `distill.prepare`).
 
     `watch` ({"experiment": NAME, "tensorboard": DIR}): every step also sets the trial's Ray metrics gauges and
-    writes TensorBoard scalars to DIR/<trial name>/ (see ctkd_tune.tune_watch, ctkd_tune.tboard)."""
+    writes TensorBoard scalars to DIR/<trial name>/ (see ctkd_tune.search.reporter, ctkd_tune.run.tboard)."""
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)  # one "Checkpoint created" per eval
     params = {k: v for k, v in params.items() if k != OPTUNA_TRIAL_KEY}
     cfg = worker_setup(trial_config(base, params))  # ConfigError → the trial errors, with the message
@@ -103,9 +103,9 @@ def train_ctkd(params: dict[str, Any], base: dict[str, Any], watch: dict[str, st
 
 def _watchers(watch: dict[str, str], params: dict[str, Any]):
     """This trial's TensorBoard run (DIR/<trial name>) and Ray metrics gauges."""
-    from ctkd_tune.names import path_name
-    from ctkd_tune.tboard import Board
-    from ctkd_tune.tune_watch import TrialGauges
+    from ctkd_tune.search.names import path_name
+    from ctkd_tune.run.tboard import Board
+    from ctkd_tune.search.reporter import TrialGauges
 
     name = tune.get_context().get_trial_name()
     board = Board(Path(watch["tensorboard"]) / path_name(name), hparams=params)
