@@ -47,7 +47,8 @@ def field_docstrings(cls: type) -> dict[str, tuple[str, str | None]]:
         if (isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant)
                 and isinstance(after.value.value, str)):
             doc = " ".join(inspect.cleandoc(after.value.value).split())
-        found[node.target.id] = (ast.get_source_segment(source, node.annotation), doc)
+        annotation = " ".join(ast.get_source_segment(source, node.annotation).split())  # one line, even if wrapped
+        found[node.target.id] = (annotation, doc)
     return found
 
 
