@@ -11,7 +11,7 @@ Arms: the top-K completed trials (by final or best val/ppl), fallback A (fixed T
 `learnable` ablation (the best trial with plain minimisation instead of the GRL). Every arm runs the same seeds,
 fresh ones (the search's seed + 1, + 2, ...: the top-K were selected on the search's seed, re-using it would
 favour them), with train.seed = data_seed = init_seed = seed. Each run is one `distill` in a Ray task
-(`validate_runs`); the verdict is `verdict.judge`, a pure function of the runs table.
+(`runs.execute`); the verdict is `verdict.judge`, a pure function of the runs table.
 
 Written to results/NAME/ (atomically, after every finished run, so an interruption loses nothing finished):
     validation.json            the plan (arms, their configs, seeds, steps, target): what --resume continues

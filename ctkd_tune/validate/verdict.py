@@ -17,7 +17,10 @@ interval, no winner, no seeds-needed figure. Every arm with a learned temperatur
 below FROZEN_TAU_RANGE is called in effect a fixed temperature; arms whose temperature drifted are named.
 
     verdict = judge(runs, Target(value=400.0))   # runs: DataFrame with the RUN_COLUMNS below (+ drift, tau_*, ...)
-    print(format_table(verdict.arms)); print("\n".join(verdict.lines))   # format_table: verdict_table.py
+    print(format_table(verdict.arms)); print("\n".join(verdict.lines))   # format_table: validate/table.py
+
+What the code branches on are enums whose values are the strings the tables keep: `RunStatus` (a run's status),
+`ArmKind` (an arm's kind) and `Outcome` (an arm against fallback A, whose value is the verdict's phrase).
 """
 
 from __future__ import annotations
