@@ -3,7 +3,9 @@
 One `Config` describes one distillation run; a search varies a few of its fields per trial. Field names follow
 the CTKD plan (`temperature.tau_min`, `schedule.lambda_max`, ...) and are the dotted keys everywhere: in YAML,
 in `--set`, in Parquet columns and in the search spaces. Every check raises `ConfigError` naming the field, before
-any model is loaded.
+any model is loaded. A mode-like field (temperature.mode, schedule.type, loss.divergence, ...) is annotated with a
+`Literal` of its choices, which `validate` checks for every such field at once; the tuples (TEMPERATURE_MODES, ...)
+are read off the same Literals.
 
     cfg = load_config(path="run.yaml", preset=None, overrides=["train.steps=200"])
 """
@@ -12,10 +14,11 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 import yaml
 
@@ -24,16 +27,30 @@ class ConfigError(ValueError):
     """A configuration value is malformed or impossible; the message names the field."""
 
 
-TEMPERATURE_MODES = ("ctkd", "learnable", "fixed", "anneal")
+TemperatureMode = Literal["ctkd", "learnable", "fixed", "anneal"]
+Granularity = Literal["global", "token"]
+ScheduleType = Literal["cosine", "exp", "linear", "constant"]
+TemperatureOptimizer = Literal["sgd", "adamw"]
+DataFormat = Literal["text", "prompt_response", "chat"]
+CheckThresholds = Literal["relative", "absolute"]
+Fused = Literal["auto", "true", "false"]
+Precision = Literal["auto", "fp32", "bf16"]
+Device = Literal["auto", "cpu", "cuda"]
+Divergence = Literal["forward_kl", "reverse_kl", "skew_kl", "jsd"]
+"""The mode-like fields are annotated with these; `validate` checks every Literal field against its choices (in
+their order, which is also the order of the tuples below)."""
+
+TEMPERATURE_MODES = get_args(TemperatureMode)
 LEARNED_MODES = ("ctkd", "learnable")  # modes whose temperature has parameters an optimiser trains
-GRANULARITIES = ("global", "token")
-SCHEDULE_TYPES = ("cosine", "exp", "linear", "constant")
-TEMPERATURE_OPTIMIZERS = ("sgd", "adamw")
-DATA_FORMATS = ("text", "prompt_response", "chat")
-CHECK_THRESHOLDS = ("relative", "absolute")
-FUSED_CHOICES = ("auto", "true", "false")
-PRECISIONS = ("auto", "fp32", "bf16")
-DIVERGENCES = ("forward_kl", "reverse_kl", "skew_kl", "jsd")
+GRANULARITIES = get_args(Granularity)
+SCHEDULE_TYPES = get_args(ScheduleType)
+TEMPERATURE_OPTIMIZERS = get_args(TemperatureOptimizer)
+DATA_FORMATS = get_args(DataFormat)
+CHECK_THRESHOLDS = get_args(CheckThresholds)
+FUSED_CHOICES = get_args(Fused)
+PRECISIONS = get_args(Precision)
+DEVICES = get_args(Device)
+DIVERGENCES = get_args(Divergence)
 
 
 @dataclass
@@ -67,7 +84,7 @@ class DataConfig:
     source: str | list[str] = "builtin:shakespeare"
     """`builtin:shakespeare`, `builtin:tiny`, or paths to .txt/.jsonl/.parquet files, folders of them, or a
     Hugging Face `datasets` folder (save_to_disk)."""
-    format: str = "text"
+    format: DataFormat = "text"
     """text (documents, every token counts) | prompt_response | chat (loss on the response tokens only)."""
     text_column: str = "text"
     """Format text: column holding the text in JSONL, Parquet and datasets sources."""
@@ -127,9 +144,9 @@ class TrainConfig:
     """Without a terminal on stderr: one progress line every this many steps..."""
     progress_seconds: float = 30.0
     """...or when this many seconds passed since the last one (a terminal gets a progress bar instead)."""
-    device: str = "auto"
+    device: Device = "auto"
     """`auto` (CUDA when available, else CPU), `cpu` or `cuda`."""
-    precision: str = "auto"
+    precision: Precision = "auto"
     """Forward passes in `fp32`, or `bf16` (autocast, on CPU too; softmax statistics stay float32); `auto`: bf16 on
     CUDA, fp32 on CPU."""
     threads: int | None = None
@@ -158,12 +175,12 @@ class LossConfig:
     """Weight of the hidden-state alignment (MSE after a learned student→teacher projection); 0 disables."""
     chunk_size: int = 1024
     """Tokens per chunk in the KD loss: bounds the extra full-vocabulary memory."""
-    fused: str = "auto"
+    fused: Fused = "auto"
     """auto | true | false: head + KD + CE fused from hidden states, never holding (tokens, vocab) logits (auto:
     when both models' logits are a plain linear head on their last hidden state)."""
     fused_chunk_mb: float = 0.0
     """Fused path: MB of (chunk, vocab) buffers, which set the tokens per chunk; 0: 224 on CPU, 1024 on CUDA."""
-    divergence: str = "forward_kl"
+    divergence: Divergence = "forward_kl"
     """Divergence D in τ²·D(teacher, student): forward_kl | reverse_kl | skew_kl | jsd (val/kl stays forward KL)."""
     skew_alpha: float = 0.1
     """skew_kl's α in (0, 1): KL(p ‖ α·p + (1−α)·q) (DistiLLM's default 0.1; α → 0 is forward KL)."""
@@ -175,9 +192,9 @@ class LossConfig:
 class TemperatureConfig:
     """The distillation temperature: how it is set or learned, its bounds and its own optimiser."""
 
-    mode: str = "ctkd"
+    mode: TemperatureMode = "ctkd"
     """ctkd (adversarial, GRL) | learnable (plain minimisation, the broken ablation) | fixed | anneal."""
-    granularity: str = "global"
+    granularity: Granularity = "global"
     """global (one temperature) | token (one per token, from an MLP on detached per-token features)."""
     tau_min: float = 1.0
     """Lower bound of the learnable temperature."""
@@ -191,7 +208,7 @@ class TemperatureConfig:
     """Mode `anneal` (fallback B): temperature at the first step..."""
     anneal_end: float = 1.5
     """...and at the last step, linearly in between."""
-    optimizer: str = "sgd"
+    optimizer: TemperatureOptimizer = "sgd"
     """Optimiser of the temperature's parameters: sgd (update size follows λ) | adamw (λ cancels out)."""
     lr: float = 0.05
     """Learning rate of the temperature's parameters (no weight decay, ever)."""
@@ -213,7 +230,7 @@ class TemperatureConfig:
 class ScheduleConfig:
     """The λ curriculum: the adversary's strength over the run (used by mode `ctkd` only)."""
 
-    type: str = "cosine"
+    type: ScheduleType = "cosine"
     """λ curriculum: cosine | exp | linear | constant."""
     lambda_max: float = 1.0
     """Final strength of the adversary (gradient reversal)."""
@@ -231,7 +248,7 @@ class ScheduleConfig:
 class ChecksConfig:
     """Sanity thresholds a run is judged by: relative to the run's own reference points, or the plan's numbers."""
 
-    thresholds: str = "relative"
+    thresholds: CheckThresholds = "relative"
     """relative (to the teacher's and the student's step-0 val/ppl, measured at the start) | absolute (ppl_* below)."""
     gap_closed_target: float = 0.25
     """Relative: by the end the student closes this fraction of its log-perplexity gap to the teacher."""
@@ -295,11 +312,11 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 def validate(cfg: Config) -> None:
     """Raise ConfigError naming the first impossible field."""
+    for section in dataclasses.fields(cfg):  # every mode-like field, against its Literal's choices
+        values = getattr(cfg, section.name)
+        for name, allowed in _literal_fields(type(values)).items():
+            _choice(f"{section.name}.{name}", getattr(values, name), allowed)
     t, s, tr, lo, d = cfg.temperature, cfg.schedule, cfg.train, cfg.loss, cfg.data
-    _choice("temperature.mode", t.mode, TEMPERATURE_MODES)
-    _choice("temperature.granularity", t.granularity, GRANULARITIES)
-    _choice("temperature.optimizer", t.optimizer, TEMPERATURE_OPTIMIZERS)
-    _choice("schedule.type", s.type, SCHEDULE_TYPES)
     if not t.tau_min > 0:
         raise ConfigError(f"temperature.tau_min must be > 0, got {t.tau_min}")
     if not t.tau_min < t.tau_max:
@@ -332,8 +349,6 @@ def validate(cfg: Config) -> None:
     for name in ("eval_cache_mb", "teacher_cache_mb"):
         if not getattr(tr, name) >= 0:
             raise ConfigError(f"train.{name} must be >= 0, got {getattr(tr, name)}")
-    _choice("train.device", tr.device, ("auto", "cpu", "cuda"))
-    _choice("train.precision", tr.precision, PRECISIONS)
     for name in ("kd_weight", "ce_weight", "align_weight"):
         if not getattr(lo, name) >= 0:
             raise ConfigError(f"loss.{name} must be >= 0, got {getattr(lo, name)}")
@@ -341,10 +356,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError("loss.kd_weight and loss.ce_weight are both 0: nothing to train on")
     if not lo.chunk_size >= 1:
         raise ConfigError(f"loss.chunk_size must be >= 1, got {lo.chunk_size}")
-    _choice("loss.fused", lo.fused, FUSED_CHOICES)
     if not lo.fused_chunk_mb >= 0:
         raise ConfigError(f"loss.fused_chunk_mb must be >= 0, got {lo.fused_chunk_mb}")
-    _choice("loss.divergence", lo.divergence, DIVERGENCES)
     for name in ("skew_alpha", "jsd_beta"):
         if not 0 < getattr(lo, name) < 1:
             raise ConfigError(f"loss.{name} must be in (0, 1), got {getattr(lo, name)}")
@@ -354,13 +367,11 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"data.val_fraction must be in (0, 1), got {d.val_fraction}")
     if not d.source:
         raise ConfigError("data.source is empty")
-    _choice("data.format", d.format, DATA_FORMATS)
     if not (tr.progress_every >= 1 and tr.progress_seconds > 0):
         raise ConfigError("train.progress_every must be >= 1 and train.progress_seconds > 0")
     c = cfg.checks
     if not (c.ppl_target > 0 and c.ppl_at_10 > 0 and c.ppl_at_33 > 0 and 0 <= c.runaway_tolerance < 0.5):
         raise ConfigError("checks.* must be positive (runaway_tolerance in [0, 0.5))")
-    _choice("checks.thresholds", c.thresholds, CHECK_THRESHOLDS)
     if not (0 <= c.gap_closed_target <= 1 and c.diverge_factor > 1):
         raise ConfigError("checks.gap_closed_target must be in [0, 1] and checks.diverge_factor > 1")
     if not 0 < c.drift_share <= 1:
@@ -368,6 +379,14 @@ def validate(cfg: Config) -> None:
     for name, value in cfg.flat().items():  # inf (and nan) pass some of the comparisons above: refuse them here
         if isinstance(value, float) and not math.isfinite(value):
             raise ConfigError(f"{name} must be a finite number, got {value}")
+
+
+@functools.cache
+def _literal_fields(section: type) -> dict[str, tuple[str, ...]]:
+    """The fields of a config section annotated `Literal[...]`, with their choices."""
+    hints = get_type_hints(section)
+    return {f.name: get_args(hints[f.name]) for f in dataclasses.fields(section)
+            if get_origin(hints[f.name]) is Literal}
 
 
 def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:

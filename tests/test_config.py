@@ -94,3 +94,36 @@ def test_divergence_defaults_and_choices():
 
 def test_fused_true_takes_instruction_data_too():
     assert load_config(preset="tiny", overrides=["loss.fused=true", "data.format=chat"]).loss.fused == "true"
+
+
+def _literal_fields():
+    import dataclasses
+    from typing import Literal, get_args, get_origin, get_type_hints
+
+    for section in dataclasses.fields(Config):
+        hints = get_type_hints(section.default_factory)
+        for f in dataclasses.fields(section.default_factory):
+            if get_origin(hints[f.name]) is Literal:
+                yield f"{section.name}.{f.name}", get_args(hints[f.name])
+
+
+def test_the_mode_like_fields_are_literals_and_their_tuples_are_derived():
+    from ctkd_tune import config
+
+    fields = dict(_literal_fields())
+    assert fields == {
+        "data.format": config.DATA_FORMATS, "train.device": config.DEVICES, "train.precision": config.PRECISIONS,
+        "loss.fused": config.FUSED_CHOICES, "loss.divergence": config.DIVERGENCES,
+        "temperature.mode": config.TEMPERATURE_MODES, "temperature.granularity": config.GRANULARITIES,
+        "temperature.optimizer": config.TEMPERATURE_OPTIMIZERS, "schedule.type": config.SCHEDULE_TYPES,
+        "checks.thresholds": config.CHECK_THRESHOLDS}
+    assert set(config.LEARNED_MODES) <= set(config.TEMPERATURE_MODES)
+
+
+@pytest.mark.parametrize("name, allowed", list(_literal_fields()))
+def test_every_literal_field_accepts_its_choices_and_names_itself_otherwise(name, allowed):
+    for value in allowed:
+        assert load_config(overrides=[f"{name}={value}"]).flat()[name] == value
+    with pytest.raises(ConfigError, match=f"^{name.replace('.', r'[.]')} must be one of {', '.join(allowed)}; "
+                                          "got 'bogus'$"):
+        load_config(overrides=[f"{name}=bogus"])

@@ -94,3 +94,19 @@ def test_error_line_names_the_exception_not_the_traceback():
     assert error_line(TaskError(ValueError("tau_min must be > 0")), with_type=True) == "ValueError: tau_min must be > 0"
     assert error_line(Exception("Traceback (most recent call last):\n  File \"x\"\nKeyError: 'k'")) == "KeyError: 'k'"
     assert error_line(RuntimeError()) == "RuntimeError"
+
+
+def test_the_validate_wing_imports_no_ray_itself():
+    """validate reaches Ray only through search.cluster (the search wing is the only one that imports Ray)."""
+    import ast
+    from pathlib import Path
+
+    import ctkd_tune.validate
+
+    found = []
+    for path in sorted(Path(ctkd_tune.validate.__file__).parent.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            found += [f"{path.name}: {n}" for n in names if n == "ray" or n.startswith("ray.")]
+    assert found == []

@@ -260,6 +260,20 @@ def test_verdict_wording_clear_win_tie_clear_loss_and_drift():
     assert any(f"undecided: {more} more seeds would resolve a 1 val/ppl difference:" in line for line in absolute.lines)
 
 
+def test_the_outcomes_are_an_enum_whose_values_are_the_verdicts_phrases():
+    from ctkd_tune.validate.verdict import Outcome
+
+    runs = runs_table({"trial-3": [290.0, 291.0, 292.0], "trial-7": [296.0, 304.0, 300.0],
+                       "fallback_A": [300.0, 302.0, 301.0], "fallback_B": [310.0, 312.0, 309.0]})
+    vs_a = judge(runs, Target(value=320.0)).arms.set_index("arm")["vs_A"]
+    assert [Outcome(vs_a[arm]) for arm in ("trial-3", "trial-7", "fallback_B")] == [Outcome.BEATS, Outcome.TIES,
+                                                                                   Outcome.WORSE]
+    assert (vs_a["trial-3"], vs_a["trial-7"], vs_a["fallback_B"]) == ("beats", "ties with", "is worse than")
+    assert vs_a.isna()["fallback_A"]  # the reference is not compared with itself
+    one_seed = judge(runs_table({"trial-3": [290.0], "fallback_A": [300.0]}), Target(value=320.0))
+    assert Outcome(one_seed.arms.set_index("arm").loc["trial-3", "vs_A"]) is Outcome.UNKNOWN
+
+
 def test_a_fallback_ahead_within_noise_ties_and_one_clearly_ahead_beats():
     """The issue's case: fallback A lower by 0.08 with the searched arm's interval [−0.12, +0.28] is a tie.
 

@@ -190,3 +190,40 @@ def stop_on_signals(stopped: list[str]):
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+# --- plain Ray tasks, for `validate` (which imports no Ray itself) ---------------------------------------------
+
+def cluster_cpus() -> float:
+    """The CPUs of the Ray this process is connected to."""
+    import ray
+
+    return ray.cluster_resources().get("CPU", 0)
+
+
+def remote_task(fn, cpus: float, gpus: float):
+    """`fn` as a Ray task taking `cpus` CPUs and `gpus` GPUs, never retried: returns a function that submits one
+    call and returns its handle (`wait_one` gives its result)."""
+    import ray
+
+    return ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=0)(fn).remote
+
+
+def wait_one(handles: list) -> tuple[Any, Any, Exception | None]:
+    """Block until one of `handles` finishes: (that handle, its result, None), or (handle, None, the exception)
+    when the task raised."""
+    import ray
+
+    ready, _ = ray.wait(list(handles), num_returns=1)
+    try:
+        return ready[0], ray.get(ready[0]), None
+    except Exception as err:
+        return ready[0], None, err
+
+
+def cancel_tasks(handles) -> None:
+    """Cancel the tasks of `handles` (force: a running one is killed)."""
+    import ray
+
+    for handle in handles:
+        ray.cancel(handle, force=True)

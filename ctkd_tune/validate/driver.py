@@ -11,7 +11,7 @@ Arms: the top-K completed trials (by final or best val/ppl), fallback A (fixed T
 `learnable` ablation (the best trial with plain minimisation instead of the GRL). Every arm runs the same seeds,
 fresh ones (the search's seed + 1, + 2, ...: the top-K were selected on the search's seed, re-using it would
 favour them), with train.seed = data_seed = init_seed = seed. Each run is one `distill` in a Ray task
-(`validate_runs`); the verdict is `verdict.judge`, a pure function of the runs table.
+(`runs.execute`); the verdict is `verdict.judge`, a pure function of the runs table.
 
 Written to results/NAME/ (atomically, after every finished run, so an interruption loses nothing finished):
     validation.json            the plan (arms, their configs, seeds, steps, target): what --resume continues
@@ -38,7 +38,7 @@ from ctkd_tune.search.experiment import VALIDATION, VALIDATION_PLAN, Experiment,
 from ctkd_tune.search.lock import experiment_lock
 from ctkd_tune.io import atomic_write_json, atomic_write_parquet, atomic_write_text
 from ctkd_tune.validate.runs import execute, finished, rejudge_temperatures
-from ctkd_tune.validate.verdict import Resolve, Target, Verdict, judge_plan
+from ctkd_tune.validate.verdict import ArmKind, Resolve, RunStatus, Target, Verdict, judge_plan
 from ctkd_tune.validate.table import format_table
 
 
@@ -117,13 +117,13 @@ def make_plan(exp: Experiment, top_k: int, n_seeds: int, steps: int | None, rank
     for rank, row in enumerate(top, start=1):
         name = display_name(row)  # the trial's name in the search's tables and live table
         cfg = config_from_row(row)
-        arms.append(_arm(name, "search", f"search rank {rank}: {describe(cfg)}", cfg.to_dict(), rank,
+        arms.append(_arm(name, ArmKind.SEARCH, f"search rank {rank}: {describe(cfg)}", cfg.to_dict(), rank,
                          trial_id=row["trial_id"], optuna_trial=row.get("optuna_trial"), search_val_ppl=row[column]))
     for order, (name, (kind, overrides)) in enumerate(FALLBACKS.items(), start=len(arms) + 1):
         cfg = from_dict(apply_overrides(base, overrides))
         arms.append(_arm(name, kind, describe(cfg), cfg.to_dict(), order))
     ablation = from_dict(apply_overrides(best_cfg.to_dict(), {"temperature.mode": "learnable"}))
-    arms.append(_arm("learnable", "ablation", f"{describe(ablation)} (ablation of {arms[0]['arm']})",
+    arms.append(_arm("learnable", ArmKind.ABLATION, f"{describe(ablation)} (ablation of {arms[0]['arm']})",
                      ablation.to_dict(), len(arms) + 1))
     for arm in arms[:len(top)]:  # the search's known points are often fallback C: say so, run both anyway
         same = [a["arm"] for a in arms[len(top):-1] if a["config"] == arm["config"]]
@@ -189,7 +189,7 @@ def finish(directory: Path, plan: dict[str, Any]) -> ValidationResult:
         atomic_write_parquet(directory / VALIDATION, rejudged)  # report and export read the same flags
     runs = rejudged
     verdict = judge_plan(runs, plan)
-    ran = {(a, s) for a, s, status in zip(runs["arm"], runs["seed"], runs["status"]) if status != "error"}
+    ran = {(a, s) for a, s, status in zip(runs["arm"], runs["seed"], runs["status"]) if status != RunStatus.ERROR}
     missing = len({(a["arm"], s) for a in plan["arms"] for s in plan["seeds"]} - ran)
     table = format_table(verdict.arms)
     atomic_write_text(directory / "validation.md", validation_markdown(plan, verdict, runs, missing))

@@ -27,6 +27,7 @@ import subprocess
 import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from enum import Enum
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -163,11 +164,14 @@ def _copy_student(source: Path, dest: Path, document: dict[str, Any]) -> None:
 
 
 def _plain(value: Any) -> Any:
-    """numpy / pandas scalars → Python, NaN → None, recursively (YAML and JSON need plain values)."""
+    """numpy / pandas scalars → Python, enums → their values, NaN → None, recursively (YAML and JSON need plain
+    values)."""
     if isinstance(value, dict):
         return {str(k): _plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
+    if isinstance(value, Enum):
+        return value.value
     if hasattr(value, "item") and not isinstance(value, (str, bytes)):
         value = value.item()
     if isinstance(value, float) and not math.isfinite(value):

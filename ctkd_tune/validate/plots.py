@@ -10,6 +10,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from ctkd_tune.validate.verdict import ArmKind
+
 STYLE = {"completed": "-", "pruned": "--", "diverged": ":", "error": ":", "interrupted": "-."}
 DPI = 110
 
@@ -239,7 +241,7 @@ def validation_temperature(vcurves, arms, path: Path) -> Path | str:
             continue
         kind = arms["kind"].iloc[i]
         line, = ax.plot(c.index, c["mean"], label=f"{arm} ({kind})", color=plt.get_cmap("tab10")(i % 10),
-                        linestyle={"search": "-", "fallback": "--"}.get(kind, ":"), linewidth=1.8)
+                        linestyle={ArmKind.SEARCH: "-", ArmKind.FALLBACK: "--"}.get(kind, ":"), linewidth=1.8)
         ax.fill_between(c.index, c["min"], c["max"], color=line.get_color(), alpha=0.15)
     ax.set(xlabel="training step", ylabel="temperature τ (mean over tokens)",
            title="Validation: temperature per arm (line: mean over seeds, band: min–max)")

@@ -2,11 +2,12 @@
 
     ctkd-tune report --experiment results/ctkd-search
 
-Writes results/NAME/report/*.png (temperature and λ per trial, val/ppl curves, final val/ppl against each searched
-knob, Optuna's parameter importances on COMPLETE trials only, the validation arms side by side and their
-temperatures), results/NAME/report.md (images linked) and results/NAME/report.html (images embedded as base64: one
-file to send around). A plot that cannot be drawn (e.g. importances with fewer than 2 completed trials) is replaced
-by a note saying why.
+Writes results/NAME/report/*.png (temperature and λ per trial, val/ppl curves, the best val/ppl against the steps
+spent, final val/ppl against each searched knob, Optuna's parameter importances on COMPLETE trials only, the
+validation arms side by side and their temperatures), results/NAME/report.md (images linked) and
+results/NAME/report.html (images embedded as base64: one file to send around). A plot that cannot be drawn (e.g.
+importances with fewer than MIN_IMPORTANCE_TRIALS = 5 COMPLETE trials) is replaced by a note saying why. Reads
+optuna.db with Optuna (the importances); imports no Ray.
 """
 
 from __future__ import annotations

@@ -1,13 +1,14 @@
 """The Ray side of `ctkd-tune validate`: one Ray task per (arm, seed) run, rows written as runs finish.
 
-    execute(directory, plan, todo, rows, curves, cpus=1.0, gpus=0.0, address=None)  # by validate.run_validation
+    execute(directory, plan, todo, rows, curves, cpus, gpus, address)   # by driver.run_validation
 
 Each task runs `distill` on the run's config and returns its verdict inputs (`verdict.run_metrics`) and a compact
 per-step curve; the first seed's task also saves the student (save_pretrained + tokenizer, written to a temporary
 folder then renamed). The driver appends a row per finished run and atomically rewrites validation.parquet and
 validation_curves.parquet, so an interruption (Ctrl-C cancels the pending tasks) loses no finished run. With a
 Ray cluster (--address, or RAY_ADDRESS), results/NAME must be on storage shared with the workers, for the students.
-Ray is imported lazily, when runs are executed (`ctkd-tune distill` never imports it).
+This module imports no Ray: the connection and the tasks go through `search.cluster`, which imports Ray only
+when runs are executed (`ctkd-tune distill` never imports it).
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ from typing import Any
 from ctkd_tune.config import Config, ConfigError, apply_overrides, from_dict
 from ctkd_tune.search.experiment import VALIDATION, VALIDATION_CURVES, VALIDATION_PLAN, read_rows
 from ctkd_tune.io import atomic_write_json, atomic_write_parquet
-from ctkd_tune.search.cluster import open_cluster
-from ctkd_tune.validate.verdict import run_metrics
+from ctkd_tune.search.cluster import cancel_tasks, cluster_cpus, disconnect, open_cluster, remote_task, wait_one
+from ctkd_tune.validate.verdict import RunStatus, run_metrics
 from ctkd_tune.values import error_line, finite
 
 # the few of results.CURVE_METRICS a validation run keeps per evaluation (a contract test holds it to that list)
@@ -40,17 +41,15 @@ def run_config(arm: dict[str, Any], seed: int) -> Config:
 def execute(directory: Path, plan: dict[str, Any], todo: list, rows: list, curves: list, cpus: float,
             gpus: float, address: str | None = None) -> None:
     """Run `todo` as Ray tasks; after each finished run, atomically rewrite validation(_curves).parquet."""
-    import ray
-
     arms = {a["arm"]: a for a in plan["arms"]}
     started = open_cluster(address)
     try:
-        available = ray.cluster_resources().get("CPU", 0)
+        available = cluster_cpus()
         if cpus > available:
             raise ConfigError(f"--cpus-per-run {cpus:g} exceeds the cluster's {available:g} CPUs")
         atomic_write_json(directory / VALIDATION_PLAN, plan)
         stored = _store_teacher_outputs(todo)
-        task = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=0)(_run_one)
+        submit = remote_task(_run_one, cpus, gpus)
         # an arm whose config equals another's (the search's best is often fallback C) runs once per seed: on
         # CPU the same config and seed give the same run, bit for bit. Its rows are copies, marked same_run_as.
         made = {_run_key(arms[r["arm"]], r["seed"]): r for r in rows if r["arm"] in arms}
@@ -63,8 +62,7 @@ def execute(directory: Path, plan: dict[str, Any], todo: list, rows: list, curve
                 twins.setdefault(submitted[key], []).append(arm)
             else:
                 student = directory / STUDENTS / arm["arm"] if seed == plan["seeds"][0] else None
-                ref = task.remote(run_config(arm, seed).to_dict(), str(student) if student else None,
-                                  stored.get(seed))
+                ref = submit(run_config(arm, seed).to_dict(), str(student) if student else None, stored.get(seed))
                 pending[ref] = submitted[key] = (arm["arm"], seed)
         print(f"ctkd-tune: validating {len(todo)} runs ({len(arms)} arms × {len(plan['seeds'])} seeds, "
               f"{len(rows)} done before, {len(todo) - len(pending)} identical to another arm's run)")
@@ -72,13 +70,11 @@ def execute(directory: Path, plan: dict[str, Any], todo: list, rows: list, curve
             _add_twin(directory, plan, rows, curves, source, arm, seed)
         try:
             while pending:
-                ready, _ = ray.wait(list(pending), num_returns=1)
-                name, seed = pending.pop(ready[0])
-                try:
-                    out = ray.get(ready[0])
-                except Exception as err:  # a run that raised: recorded, re-run by --resume
+                ref, out, err = wait_one(list(pending))
+                name, seed = pending.pop(ref)
+                if err is not None:  # a run that raised: recorded, re-run by --resume
                     reason = error_line(err, with_type=True)[:300]
-                    out = {"metrics": {"status": "error", "stop_reason": reason}, "curve": []}
+                    out = {"metrics": {"status": RunStatus.ERROR, "stop_reason": reason}, "curve": []}
                 rows.append(run_row(arms[name], seed, out["metrics"]))
                 curves += [{"arm": name, "seed": seed, **c} for c in out["curve"]]
                 _write(directory, rows, curves)
@@ -88,12 +84,9 @@ def execute(directory: Path, plan: dict[str, Any], todo: list, rows: list, curve
                 for twin in twins.get((name, seed), []):
                     _add_twin(directory, plan, rows, curves, rows[-1], twin, seed)
         except KeyboardInterrupt:
-            for ref in pending:
-                ray.cancel(ref, force=True)
+            cancel_tasks(pending)
             raise
     finally:
-        from ctkd_tune.search.cluster import disconnect
-
         disconnect(started, logs_to=directory / "logs" / "validate")
 
 
@@ -120,7 +113,7 @@ def _run_key(arm: dict[str, Any], seed: int) -> str:
 def _add_twin(directory: Path, plan: dict[str, Any], rows: list, curves: list, source: dict[str, Any],
               arm: dict[str, Any], seed: int) -> None:
     """Record `arm`'s run at `seed` as a copy of `source`, the row of the identical run (and its curve, student)."""
-    if source["status"] == "error":  # not a result: the twin stays missing and --resume runs both again
+    if source["status"] == RunStatus.ERROR:  # not a result: the twin stays missing and --resume runs both again
         return
     name = arm["arm"]
     rows.append({**source, **{k: arm.get(k) for k in ("kind", "label", "order", "trial_id")}, "arm": name,
@@ -176,7 +169,7 @@ def rejudge_temperatures(directory: Path, plan: dict[str, Any], runs):
     arms, runs = {a["arm"]: a for a in plan["arms"]}, runs.copy()
     for i, row in runs.iterrows():
         history = curves.get((row["arm"], row["seed"]))
-        if not history or row["arm"] not in arms or row["status"] == "error":
+        if not history or row["arm"] not in arms or row["status"] == RunStatus.ERROR:
             continue
         cfg = run_config(arms[row["arm"]], int(row["seed"]))
         runaway, drift = temperature_runaway(history, cfg), temperature_drift(history, cfg)
@@ -200,7 +193,7 @@ def finished(directory: Path, plan: dict[str, Any]) -> tuple[list, list]:
     """Rows (and curves) of earlier runs that --resume keeps: planned (arm, seed) pairs that did not raise."""
     planned = {(a["arm"], s) for a in plan["arms"] for s in plan["seeds"]}
     rows = read_rows(directory / VALIDATION) if (directory / VALIDATION).is_file() else []
-    rows = [r for r in rows if (r["arm"], r["seed"]) in planned and r["status"] != "error"]
+    rows = [r for r in rows if (r["arm"], r["seed"]) in planned and r["status"] != RunStatus.ERROR]
     keep = {(r["arm"], r["seed"]) for r in rows}
     curves = read_rows(directory / VALIDATION_CURVES) if (directory / VALIDATION_CURVES).is_file() else []
     return rows, [c for c in curves if (c["arm"], c["seed"]) in keep]

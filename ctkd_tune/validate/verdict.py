@@ -17,12 +17,16 @@ interval, no winner, no seeds-needed figure. Every arm with a learned temperatur
 below FROZEN_TAU_RANGE is called in effect a fixed temperature; arms whose temperature drifted are named.
 
     verdict = judge(runs, Target(value=400.0))   # runs: DataFrame with the RUN_COLUMNS below (+ drift, tau_*, ...)
-    print(format_table(verdict.arms)); print("\n".join(verdict.lines))   # format_table: verdict_table.py
+    print(format_table(verdict.arms)); print("\n".join(verdict.lines))   # format_table: validate/table.py
+
+What the code branches on are enums whose values are the strings the tables keep: `RunStatus` (a run's status),
+`ArmKind` (an arm's kind) and `Outcome` (an arm against fallback A, whose value is the verdict's phrase).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any, Sequence
 
 from ctkd_tune.search.arms import REFERENCE_ARM
@@ -30,7 +34,35 @@ from ctkd_tune.config import LEARNED_MODES
 from ctkd_tune.validate.stats import MAX_SEEDS, POWER, SPIKE_AFTER, SPIKE_FACTOR, PairedDiff, has_spike, paired_ci, seeds_needed
 from ctkd_tune.validate.table import fraction, mean_pm, missing, versus_a
 
-KIND_ORDER = {"search": 0, "fallback": 1, "ablation": 2}
+
+
+class RunStatus(StrEnum):
+    """A validation run's `status` (validation.parquet keeps the value): it ran to the end, was stopped as
+    diverged, or raised (not a result: `--resume` runs it again)."""
+    COMPLETED = "completed"
+    DIVERGED = "diverged"
+    ERROR = "error"
+
+
+class ArmKind(StrEnum):
+    """An arm's `kind` (validation.json keeps the value): a searched configuration, a fallback of the plan, or the
+    `learnable` ablation (never recommended)."""
+    SEARCH = "search"
+    FALLBACK = "fallback"
+    ABLATION = "ablation"
+
+
+class Outcome(StrEnum):
+    """An arm against fallback A, paired by seed (`vs_A`); the value is the verdict's phrase ("X beats fallback A").
+
+    BEATS: the interval lies below 0; WORSE: above 0; TIES: it holds 0; UNKNOWN: one seed, no interval."""
+    BEATS = "beats"
+    WORSE = "is worse than"
+    TIES = "ties with"
+    UNKNOWN = "unknown"
+
+
+KIND_ORDER = {ArmKind.SEARCH: 0, ArmKind.FALLBACK: 1, ArmKind.ABLATION: 2}
 RUN_COLUMNS = ("arm", "kind", "seed", "status", "final_val_ppl", "checks_passed", "spike", "runaway")
 DRIFT_CHECK = "no_temperature_drift"
 FINAL_CHECK = "ppl@100%"
@@ -120,7 +152,7 @@ def judge(runs, target: Target, seeds: Sequence[int] | None = None, confidence: 
     if missing:
         raise ValueError(f"validation table lacks columns {missing}")
     runs = runs.copy()
-    runs["ok"] = (runs["status"] == "completed") & runs["final_val_ppl"].notna()
+    runs["ok"] = (runs["status"] == RunStatus.COMPLETED) & runs["final_val_ppl"].notna()
     ref = runs[(runs["arm"] == (target.vs or REFERENCE_ARM)) & runs["ok"]].set_index("seed")["final_val_ppl"]
     ref_mean = float(ref.mean()) if len(ref) else None
     resolve = resolve or Resolve()
@@ -135,7 +167,7 @@ def judge(runs, target: Target, seeds: Sequence[int] | None = None, confidence: 
             if arm != (target.vs or REFERENCE_ARM) else PairedDiff(None, None, None, 0)
         n = len(group)
         learned = group["temperature.mode"].isin(LEARNED_MODES).any() if "temperature.mode" in group else \
-            group["kind"].iloc[0] in ("search", "ablation")
+            group["kind"].iloc[0] in (ArmKind.SEARCH, ArmKind.ABLATION)
         rows.append({
             "arm": arm, "kind": group["kind"].iloc[0], "label": group["label"].iloc[0] if "label" in group else arm,
             "order": group["order"].min() if "order" in group else 0,
@@ -161,13 +193,13 @@ def judge(runs, target: Target, seeds: Sequence[int] | None = None, confidence: 
     return _recommend(arms, runs, target, confidence, resolve, delta)
 
 
-def _outcome(diff: PairedDiff) -> str | None:
-    """beats | is worse than | ties with (the interval holds 0) | unknown (one seed) | None (nothing paired)."""
+def _outcome(diff: PairedDiff) -> Outcome | None:
+    """The Outcome of a paired difference (`paired_ci`); None when nothing was paired."""
     if diff.mean is None:
         return None
     if diff.low is None:
-        return "unknown"
-    return "beats" if diff.high < 0 else "is worse than" if diff.low > 0 else "ties with"
+        return Outcome.UNKNOWN
+    return Outcome.BEATS if diff.high < 0 else Outcome.WORSE if diff.low > 0 else Outcome.TIES
 
 
 def _fail_reasons(a: dict, target: Target, ref_mean: float | None, seeds, runs) -> list[str]:
@@ -195,8 +227,8 @@ def _fail_reasons(a: dict, target: Target, ref_mean: float | None, seeds, runs) 
 
 
 def _recommend(arms, runs, target: Target, confidence: float, resolve: Resolve, delta: float | None) -> Verdict:
-    search = arms[arms["kind"] == "search"]
-    passing = arms[arms["passes"] & (arms["kind"] != "ablation")].sort_values("ppl_mean", kind="stable")
+    search = arms[arms["kind"] == ArmKind.SEARCH]
+    passing = arms[arms["passes"] & (arms["kind"] != ArmKind.ABLATION)].sort_values("ppl_mean", kind="stable")
     ctkd_passes = bool(search["passes"].any())
     lines = [f"Target: {target.describe()}; checks at 10%/33%/100%; stability (no val/ppl spike > "
              f"{SPIKE_FACTOR}× after {SPIKE_AFTER:.0%} of the run, no temperature runaway or drift)."]
@@ -211,11 +243,11 @@ def _recommend(arms, runs, target: Target, confidence: float, resolve: Resolve, 
         best = passing.iloc[0]
         recommended = best["arm"]
         what = "Recommended" if ctkd_passes else "Recommended fallback"
-        modest = " — the lowest mean, not a proven win over fallback A" if best["vs_A"] in ("ties with",
-                                                                                            "unknown") else ""
+        modest = " — the lowest mean, not a proven win over fallback A" if best["vs_A"] in (Outcome.TIES,
+                                                                                            Outcome.UNKNOWN) else ""
         lines.append(f"{what}: {best['arm']} ({best['label']}): mean final val/ppl {mean_pm(best)}"
                      f"{versus_a(best, confidence)}{modest}.")
-        if ctkd_passes and best["kind"] != "search":
+        if ctkd_passes and best["kind"] != ArmKind.SEARCH:
             lines.append(_fallback_first(best, search[search["passes"]], runs, confidence))
     else:
         lines.append("No arm passes: nothing to recommend (try more steps, a looser target, or a new search).")
@@ -234,7 +266,7 @@ def _recommend(arms, runs, target: Target, confidence: float, resolve: Resolve, 
                      f"than checks.drift_share{share} of the way from its init to a bound and was still moving "
                      "that way at the end of the run, or got there.")
     if len(passing):
-        ablation = arms[(arms["kind"] == "ablation") & arms["passes"] & (arms["ppl_mean"] < best["ppl_mean"])]
+        ablation = arms[(arms["kind"] == ArmKind.ABLATION) & arms["passes"] & (arms["ppl_mean"] < best["ppl_mean"])]
         for a in ablation.to_dict("records"):
             lines.append(f"Note: the {a['arm']} ablation (never recommended) reached a lower mean val/ppl "
                          f"({a['ppl_mean']:.2f}): the adversarial temperature is not what helps here.")
@@ -243,14 +275,14 @@ def _recommend(arms, runs, target: Target, confidence: float, resolve: Resolve, 
 
 def _versus(a: dict, confidence: float, resolve: Resolve, delta: float | None) -> str:
     """One arm against fallback A: beats / is worse than / ties with (and the seeds that would resolve it)."""
-    name, word = a["arm"], a["vs_A"]
-    if word == "unknown":
+    name, outcome = a["arm"], Outcome(a["vs_A"])
+    if outcome is Outcome.UNKNOWN:
         return (f"{name} vs fallback A: {a['diff_vs_A']:+.2f} val/ppl with one seed: the variance is unknown, so "
                 "there is no interval, no winner and no seeds-needed figure (run at least 2 seeds).")
     stats = (f"{a['diff_vs_A']:+.2f} val/ppl, {confidence:.0%} CI [{a['ci_low']:+.2f}, {a['ci_high']:+.2f}] "
              f"(paired by seed, {a['pairs']} seeds, sd {a['paired_sd']:.2f})")
-    if word != "ties with":
-        return f"{name} {word} fallback A: {stats}."
+    if outcome is not Outcome.TIES:
+        return f"{name} {outcome.value} fallback A: {stats}."
     target = f"a {resolve.describe()} difference" + (f" ({delta:.2f} val/ppl)" if resolve.relative else "")
     needed = a["seeds_needed"]
     if delta is None:
@@ -275,7 +307,7 @@ def _fallback_first(best, searched, runs, confidence: float) -> str:
     for arm in searched["arm"]:
         other = ok[(ok["arm"] == arm) & ok["seed"].isin(mine.index)]
         diff = paired_ci(other["final_val_ppl"].astype(float).tolist(), mine[other["seed"]].tolist(), confidence)
-        if _outcome(diff) != "is worse than":
+        if _outcome(diff) is not Outcome.WORSE:
             ci = "one seed, no interval" if diff.low is None else \
                 f"{confidence:.0%} CI [{diff.low:+.2f}, {diff.high:+.2f}]"
             ties.append(f"{arm} ({arm} − {best['arm']}: {diff.mean:+.2f}, {ci})" if diff.mean is not None else arm)
