@@ -50,7 +50,8 @@ def cmd_distill(args: argparse.Namespace) -> int:
     else:
         cfg = load_config(config_file(args), args.preset, args.overrides)
     summary = run_distill(cfg, output, resume=args.resume)
-    print(f"{summary['stop_reason'] or summary['status']}: val/ppl {_round(summary.get('student_val_ppl_start'), 2)} at step 0 → "
+    print(f"{summary['stop_reason'] or summary['status']}: "
+          f"val/ppl {_round(summary.get('student_val_ppl_start'), 2)} at step 0 → "
           f"{_round(summary['final_val_ppl'], 2)} (teacher {_round(summary.get('teacher_val_ppl'), 2)}), "
           f"τ {_round(summary['final_temperature'], 3)}, "
           f"checks {'passed' if summary['checks']['all_passed']['passed'] else 'FAILED'} → {output}")

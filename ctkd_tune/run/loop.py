@@ -2,7 +2,7 @@
 
 The loop in `distill` reads top to bottom; per step:
     1. learning rate and λ from their schedules
-    2. the step (`step.Step.loss`): the teacher's outputs (stored or computed) → student forward → temperature τ →
+    2. the step (`step.Step.loss`): the teacher's outputs (stored or computed) → student forward → τ →
        loss = kd_weight · τ²·D(teacher ‖ student at τ) + ce_weight · CE + align_weight · hidden alignment
        (D: loss.divergence; the logits path `step.LogitsStep` or the fused path `fused_step.FusedStep`)
     3. backward (the GRL flips the temperature's gradient), clip, step both optimisers
@@ -129,9 +129,17 @@ class Trained:
         if self.temperature_optimizer is not None:
             self.temperature_optimizer.step()
 
+    def checkpoint(self, step: int, cfg: Config, history: list[dict[str, Any]], references: dict[str, float],
+                   wall_time: float) -> dict[str, Any]:
+        """The full training state after `step` completed updates, as `restore` reads it back."""
+        return {"step": step, "config": cfg.flat(), "history": history, "rng": torch.get_rng_state(),
+                "wall_time": wall_time, **self.state_dict(), "references": references}
 
-def make_step(cfg: Config, setup: Setup, trained: Trained, teacher: TeacherOutputs) -> Step:
-    """The run's step, built once: the fused path when `prepare` resolved loss.fused to it, else the logits path."""
+
+def make_step(cfg: Config, setup: Setup, trained: Trained) -> Step:
+    """The run's step, built once: the fused path when `prepare` resolved loss.fused to it (no (tokens, vocab)
+    logits), else the logits path. Its teacher outputs come from the stored states, else the teacher's forward."""
+    teacher = TeacherOutputs.open(cfg, setup.teacher, setup.data, hidden_only=setup.fused, directory=setup.stored)
     autocast = autocast_for(cfg.train.precision, setup.device)
     parts = (cfg, trained.student, trained.temperature, trained.align, teacher, autocast)
     return FusedStep(*parts, chunk_mb(cfg, setup.device)) if setup.fused else LogitsStep(*parts)
@@ -157,13 +165,11 @@ def distill(cfg: Config, report: Report = print_report, *, setup: Setup | None =
             checkpoint_dir: str | Path | None = None, resume: str | Path | None = None,
             progress: bool = True) -> RunResult:
     """Run (or resume) one distillation; returns the summary, the per-step history and the trained student.
-    One function (~70 lines) on purpose: the training loop reads top to bottom, as nanoGPT's does."""
+    Longer than 60 lines on purpose: the training loop reads better whole, top to bottom (as nanoGPT's)."""
     setup = setup or prepare(cfg)
     t, n_steps, device = cfg.train, cfg.train.steps, setup.device
     trained = Trained.build(cfg, setup)
-    teacher = TeacherOutputs.open(cfg, setup.teacher, setup.data, hidden_only=setup.fused,  # stored states, else
-                                  directory=setup.stored)  # the teacher's forward
-    path = make_step(cfg, setup, trained, teacher)  # the logits path, or the fused one (no (tokens, vocab) logits)
+    path = make_step(cfg, setup, trained)  # the logits path, or the fused one
     held_out = [Batch.on(device, i, *batch) for i, batch in
                 enumerate(held_out_batches(setup.data, t.eval_batches, t.batch_size, cfg.data.block_size))]
     eval_at, clip = evaluation_steps(cfg), t.grad_clip if t.grad_clip > 0 else float("inf")
@@ -222,10 +228,8 @@ def distill(cfg: Config, report: Report = print_report, *, setup: Setup | None =
         history.append(row)
         saved = None
         if checkpoint_dir is not None and checkpoint_due(cfg, step, eval_at):
-            saved = save_checkpoint(checkpoint_dir, {
-                "step": step, "config": cfg.flat(), "history": history, "rng": torch.get_rng_state(),
-                "wall_time": wall_before + time.perf_counter() - started, **trained.state_dict(),
-                "references": references})
+            saved = save_checkpoint(checkpoint_dir, trained.checkpoint(step, cfg, history, references,
+                                                                       wall_before + time.perf_counter() - started))
         report(row, saved)
         bar.show(row)
     bar.close()
