@@ -37,7 +37,7 @@ PHASES = [
     ("prepare: student", "build the student"),
     ("prepare: other", "path checks, vocabulary checks"),
     ("open teacher outputs", "find the stored hidden states (hashes teacher and tokens)"),
-    ("steps: forward + loss", "`loss_step`: teacher head on stored states, student, τ, KD + CE"),
+    ("steps: forward + loss", "`Step.loss`: teacher head on stored states, student, τ, KD + CE"),
     ("steps: rest", "backward, clip, optimiser steps, metrics row"),
     ("evaluation: teacher", "teacher forward on held-out batches (first evaluation; kept after)"),
     ("evaluation: student", "student forward, CE, KL, agreement on the held-out batches"),
@@ -100,22 +100,20 @@ def profile_once(args) -> dict:
     loop.TeacherOutputs.open = timer.wrap("open teacher outputs", open_outputs)
     held_out = loop.TeacherOutputs.held_out
     loop.TeacherOutputs.held_out = timer.wrap("evaluation: teacher", held_out)
-    loop.loss_step = timer.wrap("steps: forward + loss", loop.loss_step)
-    loop.evaluate = timer.wrap("evaluation: all", loop.evaluate)
-    fused = getattr(loop, "fused_step", None)  # the fused head loss's step and evaluation, where it is the path
-    if fused is not None:
-        fused.loss_step = timer.wrap("steps: forward + loss", fused.loss_step)
-        fused.evaluate = timer.wrap("evaluation: all", fused.evaluate)
+    for path in (loop.LogitsStep, loop.FusedStep):  # the logits path and the fused one: whichever the run takes
+        path.loss = timer.wrap("steps: forward + loss", path.loss)
+        path.evaluate = timer.wrap("evaluation: all", path.evaluate)
     loop.save_checkpoint = timer.wrap("checkpoint", loop.save_checkpoint)
     loop.summarize = timer.wrap("summary", loop.summarize)
-    marks, progress_bar = {}, loop.tqdm
+    progress = importlib.import_module("ctkd_tune.run.progress")  # where distill's progress bar is built
+    marks, progress_bar = {}, progress.tqdm
 
     def mark_loop_start(*a, **k):  # distill builds its progress bar right before the first step
         marks.update(wall=time.perf_counter(), cpu=time.process_time(),  # evaluations before step 1 (reference
                      eval_wall=timer.seconds["evaluation: all"], eval_cpu=timer.cpu["evaluation: all"])  # points)
         return progress_bar(*a, **k)
 
-    loop.tqdm = mark_loop_start
+    progress.tqdm = mark_loop_start
     work = Path(tempfile.mkdtemp(prefix="profile-trial-"))
     uploads = [0]
 

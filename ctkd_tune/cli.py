@@ -41,6 +41,7 @@ def config_file(args: argparse.Namespace) -> str | Path | None:
 def cmd_distill(args: argparse.Namespace) -> int:
     """Run one CTKD distillation and write metrics.parquet, summary.json and the student to --output."""
     from ctkd_tune.run.folder import run_distill
+    from ctkd_tune.run.summary import RunStatus
 
     output = Path(args.output)
     given = args.config or args.recipe or args.preset or args.overrides
@@ -49,11 +50,12 @@ def cmd_distill(args: argparse.Namespace) -> int:
     else:
         cfg = load_config(config_file(args), args.preset, args.overrides)
     summary = run_distill(cfg, output, resume=args.resume)
-    print(f"{summary['status']}: val/ppl {_round(summary.get('student_val_ppl_start'), 2)} at step 0 → "
+    print(f"{summary['stop_reason'] or summary['status']}: "
+          f"val/ppl {_round(summary.get('student_val_ppl_start'), 2)} at step 0 → "
           f"{_round(summary['final_val_ppl'], 2)} (teacher {_round(summary.get('teacher_val_ppl'), 2)}), "
           f"τ {_round(summary['final_temperature'], 3)}, "
           f"checks {'passed' if summary['checks']['all_passed']['passed'] else 'FAILED'} → {output}")
-    return 0 if summary["status"] == "completed" else 1
+    return 0 if summary["status"] == RunStatus.COMPLETED else 1
 
 
 def _round(value, digits: int):

@@ -262,7 +262,7 @@ def _tiny_lm(seed: int, vocab: int = 40):
 
 
 def _losses(student, teacher, x, y, attention, tau=2.0):
-    from ctkd_tune.run.loop import counted_losses
+    from ctkd_tune.run.step import counted_losses
 
     mask = y != IGNORE_INDEX
     return counted_losses(student(x, attention_mask=attention).logits, teacher(x, attention_mask=attention).logits,

@@ -108,7 +108,7 @@ def test_teacher_logits_on_held_out_data_are_computed_once_and_change_nothing():
 
 def test_a_non_finite_loss_stops_with_a_status_not_a_crash():
     result = distill(tiny("train.steps=30", "train.lr=1e4", "train.grad_clip=0"), **QUIET)
-    assert result.summary["status"].startswith("diverged at step")
+    assert result.summary["status"] == "diverged" and result.summary["stop_reason"].startswith("diverged at step")
     assert all(math.isfinite(v) for row in result.history for v in row.values() if isinstance(v, float))
 
 
@@ -186,7 +186,9 @@ def test_relative_thresholds_stop_a_student_far_above_its_start_and_never_a_lear
     # checks.thresholds relative (default): the reference points are measured before step 1
     blown = distill(tiny("train.steps=20", "train.eval_every=5", "train.lr=1.0"), **QUIET)
     start = blown.summary["student_val_ppl_start"]
-    assert blown.summary["status"].startswith("diverged at step 2: val/ppl") and "10 × its start" in blown.summary["status"]
+    assert blown.summary["status"] == "diverged"
+    assert blown.summary["stop_reason"].startswith("diverged at step 2: val/ppl") and \
+        "10 × its start" in blown.summary["stop_reason"]
     learning = distill(tiny("train.steps=20", "train.eval_every=5"), **QUIET).summary
     assert learning["status"] == "completed" and learning["final_val_ppl"] < learning["student_val_ppl_start"]
     assert 1 < learning["teacher_val_ppl"] < learning["student_val_ppl_start"] == pytest.approx(start)
@@ -194,7 +196,7 @@ def test_relative_thresholds_stop_a_student_far_above_its_start_and_never_a_lear
     # absolute: the plan's fixed numbers; the loop then leaves the divergence threshold to a search
     absolute = distill(tiny("train.steps=20", "train.eval_every=5", "train.lr=1.0", "checks.thresholds=absolute"),
                        **QUIET).summary
-    assert "10 × its start" not in absolute["status"] and absolute["checks"]["ppl@100%"]["limit"] == 400.0
+    assert "10 × its start" not in (absolute["stop_reason"] or "") and absolute["checks"]["ppl@100%"]["limit"] == 400.0
 
 
 def test_the_divergence_reaches_the_training_loss():

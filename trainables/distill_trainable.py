@@ -27,6 +27,7 @@ from ray import tune
 from ctkd_tune.run.checkpoint import load_checkpoint
 from ctkd_tune.run.checks import RunawayCounter
 from ctkd_tune.run.loop import distill, prepare
+from ctkd_tune.run.summary import RunStatus
 from ctkd_tune.search.cluster import worker_setup
 from ctkd_tune.search.results import CURVE_METRICS, OPTUNA_TRIAL_KEY
 from ctkd_tune.search.spaces import trial_config
@@ -85,12 +86,12 @@ def train_ctkd(params: dict[str, Any], base: dict[str, Any], watch: dict[str, st
                         checkpoint=tune.Checkpoint.from_directory(str(saved)) if saved else None)
 
         run = distill(cfg, report, setup=setup, checkpoint_dir=work / "checkpoint", resume=resume, progress=False)
-        if run.summary["status"] != "completed":  # diverged: one last finite row that says why
+        if run.summary["status"] != RunStatus.COMPLETED:  # diverged: one last finite row that says why
             last = run.history[-1] if run.history else {}
             kept = {k: last[k] for k in ("ctkd/temperature", "ctkd/lambda") if finite(last.get(k))}
             tune.report(row({"val/ppl": float(setup.student.config.vocab_size), **kept,
                              "step": min(run.summary["steps"] + 1, cfg.train.steps)}, "diverged",
-                            run.summary["status"]))
+                            run.summary["stop_reason"]))
     finally:
         if board is not None:
             board.close()

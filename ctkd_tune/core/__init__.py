@@ -6,5 +6,5 @@
     losses.py       the KD + CE loss on logits, and its per-chunk kernel
     fused_loss.py   the same loss computed from hidden states and the head, chunk by chunk (no [N, V] logits)
 
-Imports: torch and `ctkd_tune.config` only (a test reads the imports).
+Imports: torch, `ctkd_tune.config` and each other only — never inputs, run, Ray or Optuna (a test reads the imports).
 """

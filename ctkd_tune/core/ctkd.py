@@ -15,7 +15,8 @@ This module holds the pieces as small named objects:
 - λ schedules (``LAMBDA_SCHEDULES``: name → shape, ``lambda_at(cfg.schedule, step, total)``): cosine, exp
   (DANN), linear, constant.
 
-The loss itself (``kd_loss``, τ²·KL chunked with an analytic backward) lives in ``ctkd_tune.core.losses``.
+The loss itself (``kd_loss``: τ²·D for the configured divergence D, chunked with an analytic backward) lives in
+``ctkd_tune.core.losses``.
 """
 
 import math

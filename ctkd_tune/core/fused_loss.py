@@ -33,7 +33,7 @@ from ctkd_tune.core.losses import WORK_BUFFERS, divergence_kernel, tau_shaped
 MB = 2**20
 IGNORE_INDEX = -100
 CPU_CHUNK_MB = 224.0
-"""The loop's chunk budget on CPU (`loss.fused_chunk_mb` = 0): see `fused_step.chunk_mb`."""
+"""The loop's chunk budget on CPU (`loss.fused_chunk_mb` = 0): see `ctkd_tune.run.fused_step.chunk_mb`."""
 
 
 @dataclass
@@ -158,7 +158,7 @@ def _forward_kl_ce_in_place(s, t, tau, y, w, g=None, kd_coef=None, ce_coef=None,
 
 def _sweep(x: _Heads, labels, tau, n, *, kernel=None, n_work=3, scales=None, w_kd=None, w_ce=None,
            grads=(False, False, False), need_dtau=False, need_agree=False, in_place=False):
-    """One pass over the token chunks.
+    """One pass over the token chunks (one function on purpose: every branch shares the chunk loop and buffers).
 
     `kernel` is the divergence's per-chunk kernel (default forward KL) with `n_work` scratch rows; `in_place`
     (see `_in_place`): forward KL and CE by `_forward_kl_ce_in_place` instead, with one scratch row.

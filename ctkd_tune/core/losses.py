@@ -7,7 +7,8 @@
   ``jsd_chunk``), all with one signature; ``divergence_kernel`` binds α / β and checks them.
 - ``kd_loss_reference``: the naive unchunked version it is tested against.
 
-torchtune keeps its KD losses apart from the recipe in the same way: the loop in ``distill.py`` only calls them.
+torchtune keeps its KD losses apart from the recipe in the same way: the run's logits path (``run/step.py``,
+``LogitsStep``) only calls them; the fused path calls ``core/fused_loss.py``.
 """
 
 import functools
@@ -21,7 +22,7 @@ from ctkd_tune.core.divergences import WORK_BUFFERS as _EXTRA_WORK, jsd_chunk, r
 
 
 # -----------------------------------------------------------------------------
-# KD loss: τ² · KL(softmax(t/τ) ‖ softmax(s/τ)), mean over valid tokens
+# KD loss: τ² · D(softmax(t/τ) ‖ softmax(s/τ)), mean over valid tokens (D: forward KL by default)
 
 def _softmax_(x: torch.Tensor) -> torch.Tensor:
     """Softmax over the last dim, in place."""

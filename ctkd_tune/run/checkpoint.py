@@ -1,8 +1,9 @@
 """Save and restore the full training state of a distillation run (never the teacher).
 
 A checkpoint is one file, `state.pt`, in a checkpoint directory: the student, the temperature module, the
-alignment projection, both optimisers, the next step (which is also the data position: batches are a pure
-function of (data seed, step)), the RNG state and the metric history so far. It is written atomically and read
+alignment projection, both optimisers (`loop.Trained`), the step: how many updates are done (so also the 0-based
+index of the next batch, as batches are a pure function of (data seed, step); a resumed run starts at step + 1),
+the RNG state, the run's reference points and the metric history so far. It is written atomically and read
 with `torch.load(weights_only=True)`, so a checkpoint cannot execute code.
 """
 

@@ -1,30 +1,33 @@
-"""The loop's fused path: the models' bodies give last hidden states, ``fused_loss`` applies the heads chunk by chunk.
+"""The fused path (`FusedStep`): the models' bodies give last hidden states, ``fused_loss`` applies the heads chunk
+by chunk.
 
-`loss.fused` chooses: `false` is the logits path (`distill.loss_step` / `evaluation.evaluate`); `true` and `auto` take
+`loss.fused` chooses: `false` is the logits path (`step.LogitsStep`); `true` and `auto` take
 this path when both models' logits are a plain linear head on their body's last hidden state, which
 `fused_blocker` checks (an nn.Linear head, no logit soft-capping or scale in the config, and logits equal to
 head(body(x)) on a probe batch). `true` on a model that cannot is a ConfigError naming the model; `auto` falls back
 to the logits path with a one-line notice saying why. Both paths give the same numbers (tested); this one never
 holds (tokens × vocab) logits, so the vocabulary of a real LLM (49k–152k) costs (chunk × vocab) buffers only.
 
-    fused = use_fused(cfg, teacher_model, student, probe_ids)
-    loss, kd, ce, tau = loss_step(cfg, student, temperature, align, teacher, i, x, y, lam, autocast)
-    metrics = evaluate(student, teacher, batches, chunk_mb(cfg, device), autocast)
+    fused = use_fused(cfg, teacher_model, student, probe_ids)                  # in `prepare`: Setup.fused
+    path = FusedStep(cfg, student, temperature, align, teacher, autocast, chunk_mb(cfg, device))
+    out = path.loss(batch, lam)                                                # step.StepResult
+    metrics = path.evaluate(held_out)
 """
 
 from __future__ import annotations
 
 import sys
+from typing import Any, Callable
 
 import torch
 from torch import nn
 
 from ctkd_tune.config import Config, ConfigError
-from ctkd_tune.run.evaluation import held_out_metrics
 from ctkd_tune.core.fused_loss import CPU_CHUNK_MB, fused_eval_sums, fused_kd_ce_loss, fused_token_features
-from ctkd_tune.inputs.instruct import IGNORE_INDEX
-from ctkd_tune.run.teacher_states import TeacherOutputs
 from ctkd_tune.core.temperature import Temperature
+from ctkd_tune.run.evaluation import held_out_metrics
+from ctkd_tune.run.step import Batch, StepResult, align_loss, counted_tau
+from ctkd_tune.run.teacher_states import TeacherOutputs
 
 # Config attributes that change the logits after the head (Gemma 2/3, Cohere, Granite, Falcon-H1), with the value
 # at which they do not.
@@ -94,58 +97,59 @@ def chunk_mb(cfg: Config, device: torch.device) -> float:
     return cfg.loss.fused_chunk_mb or (1024.0 if device.type == "cuda" else CPU_CHUNK_MB)
 
 
-def loss_step(cfg: Config, student: nn.Module, temperature: Temperature, align: nn.Module | None,
-              teacher: TeacherOutputs, i: int, x: torch.Tensor, y: torch.Tensor, lam: float,
-              autocast, attention_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
-    """`distill.loss_step` on the fused path: the same (loss, kd, ce, τ over the counted tokens) from hidden states
-    and heads; each loss a mean over the counted tokens (all of them for text, attention_mask None; the response
-    tokens of instruction data, y != IGNORE_INDEX).
+class FusedStep:
+    """The fused path (`step.Step`): the bodies' last hidden states, the heads applied chunk by chunk of
+    `chunk_mb` (`chunk_mb()`), so no (tokens × vocab) logits are ever held; the same numbers as `LogitsStep`."""
 
-        loss = kd_weight · τ²·D(teacher ‖ student at τ) + ce_weight · CE(student, y)   (D: loss.divergence)
-               + align_weight · MSE(align(student hidden), teacher hidden)
-    """
-    lo, mb = cfg.loss, chunk_mb(cfg, x.device)
-    mask = None if attention_mask is None else y != IGNORE_INDEX  # (B, T)
-    with autocast():
-        teacher_hidden = teacher.train(i, x, attention_mask).hidden  # (B, T, H_t), stored or the teacher's body
-        student_hidden = body(student)(x, attention_mask=attention_mask).last_hidden_state  # (B, T, H_s): no head
-    heads = (student_hidden, *head_of(student), teacher_hidden, *head_of(teacher.teacher.model))
+    def __init__(self, cfg: Config, student: nn.Module, temperature: Temperature, align: nn.Module | None,
+                 teacher: TeacherOutputs, autocast: Callable[[], Any], chunk_mb: float):
+        self.cfg, self.student, self.temperature, self.align = cfg, student, temperature, align
+        self.teacher, self.autocast, self.chunk_mb = teacher, autocast, chunk_mb
 
-    def features() -> torch.Tensor:  # (B*T, 4), only for a per-token temperature
+    def loss(self, batch: Batch, lam: float) -> StepResult:
+        """`LogitsStep.loss` from hidden states and heads: the same (loss, kd, ce, τ over the counted tokens),
+
+            loss = kd_weight · τ²·D(teacher ‖ student at τ) + ce_weight · CE(student, y)   (D: loss.divergence)
+                   + align_weight · MSE(align(student hidden), teacher hidden)
+        each a mean over the counted tokens (every token of text; the response tokens of instruction data).
+        """
+        lo, mask, mb, autocast = self.cfg.loss, batch.loss_mask, self.chunk_mb, self.autocast
         with autocast():
-            return fused_token_features(*heads, chunk_mb=mb)
+            teacher_hidden = self.teacher.train(batch.index, batch.x, batch.attention_mask).hidden  # (B, T, H_t)
+            student_hidden = body(self.student)(batch.x, attention_mask=batch.attention_mask).last_hidden_state
+        # (B, T, H_s): no head; the teacher's head is read per batch, as a head-only teacher may load its body
+        heads = (student_hidden, *head_of(self.student), teacher_hidden, *head_of(self.teacher.teacher.model))
 
-    tau = temperature(i, lam, features=features, device=x.device)  # () or (B*T,)
-    with autocast():
-        kd, ce = fused_kd_ce_loss(*heads, y, tau, mask, kd_weight=lo.kd_weight, ce_weight=lo.ce_weight,
-                                  chunk_mb=mb, divergence=lo.divergence, alpha=lo.skew_alpha, beta=lo.jsd_beta)
-    loss = lo.kd_weight * kd + lo.ce_weight * ce
-    if align is not None:
-        diff = (align(student_hidden.float()) - teacher_hidden.float()).pow(2).mean(-1)  # (B, T)
-        loss = loss + lo.align_weight * (diff.mean() if mask is None else diff[mask].mean())
-    return loss, kd, ce, tau if tau.dim() == 0 or mask is None else tau[mask.flatten()]
+        def features() -> torch.Tensor:  # (B*T, 4), only for a per-token temperature
+            with autocast():
+                return fused_token_features(*heads, chunk_mb=mb)
 
-
-@torch.no_grad()
-def evaluate(student: nn.Module, teacher: TeacherOutputs, batches: list[tuple[torch.Tensor, ...]],
-             chunk_mb: float, autocast, with_teacher: bool = False) -> dict[str, float]:
-    """`evaluation.evaluate` on the fused path: held-out perplexity, KL at T = 1 and top-1 agreement, chunk by chunk;
-    with_teacher adds the teacher's own perplexity as "teacher/ppl". Batches are (x, y, attention mask or None);
-    like the logits path, every number is over the tokens the loss counts (y != IGNORE_INDEX)."""
-    student.eval()
-    ce_sum = teacher_ce_sum = kl_sum = agree = count = 0.0
-    for i, (x, y, attention_mask) in enumerate(batches):
-        counted = y != IGNORE_INDEX
+        tau = self.temperature(batch.index, lam, features=features, device=batch.x.device)  # () or (B*T,)
         with autocast():
-            teacher_hidden = teacher.held_out(i, x, attention_mask).hidden  # (B, T, H_t)
-            student_hidden = body(student)(x, attention_mask=attention_mask).last_hidden_state  # (B, T, H_s)
-            teacher_head = head_of(teacher.teacher.model)
-            sums = fused_eval_sums(student_hidden, *head_of(student), teacher_hidden, *teacher_head, y,
-                                   mask=counted, chunk_mb=chunk_mb)
-            if with_teacher:  # the teacher as its own "student": its CE on the same labels
-                teacher_ce_sum += fused_eval_sums(teacher_hidden, *teacher_head, teacher_hidden, *teacher_head, y,
-                                                  chunk_mb=chunk_mb)["ce_sum"]
-        ce_sum, kl_sum, agree, count = (ce_sum + sums["ce_sum"], kl_sum + sums["kl_sum"],
-                                        agree + sums["top1_agree"], count + sums["tokens"])
-    student.train()
-    return held_out_metrics(ce_sum, kl_sum, agree, count, teacher_ce_sum if with_teacher else None)
+            kd, ce = fused_kd_ce_loss(*heads, batch.y, tau, mask, kd_weight=lo.kd_weight, ce_weight=lo.ce_weight,
+                                      chunk_mb=mb, divergence=lo.divergence, alpha=lo.skew_alpha, beta=lo.jsd_beta)
+        loss = lo.kd_weight * kd + lo.ce_weight * ce
+        if self.align is not None:
+            loss = loss + lo.align_weight * align_loss(self.align, student_hidden, teacher_hidden, mask)
+        return StepResult(loss, kd, ce, counted_tau(tau, mask))
+
+    @torch.no_grad()
+    def evaluate(self, batches: list[Batch], with_teacher: bool = False) -> dict[str, float]:
+        """`LogitsStep.evaluate` chunk by chunk: held-out perplexity, KL at T = 1 and top-1 agreement over the
+        counted tokens; with_teacher adds the teacher's own perplexity as "teacher/ppl"."""
+        self.student.eval()
+        ce_sum = teacher_ce_sum = kl_sum = agree = count = 0.0
+        for batch in batches:
+            with self.autocast():
+                teacher_hidden = self.teacher.held_out(batch.index, batch.x, batch.attention_mask).hidden  # (B, T, H_t)
+                student_hidden = body(self.student)(batch.x, attention_mask=batch.attention_mask).last_hidden_state
+                teacher_head = head_of(self.teacher.teacher.model)
+                sums = fused_eval_sums(student_hidden, *head_of(self.student), teacher_hidden, *teacher_head, batch.y,
+                                       mask=batch.counted, chunk_mb=self.chunk_mb)
+                if with_teacher:  # the teacher as its own "student": its CE on the same labels
+                    teacher_ce_sum += fused_eval_sums(teacher_hidden, *teacher_head, teacher_hidden, *teacher_head,
+                                                      batch.y, chunk_mb=self.chunk_mb)["ce_sum"]
+            ce_sum, kl_sum, agree, count = (ce_sum + sums["ce_sum"], kl_sum + sums["kl_sum"],
+                                            agree + sums["top1_agree"], count + sums["tokens"])
+        self.student.train()
+        return held_out_metrics(ce_sum, kl_sum, agree, count, teacher_ce_sum if with_teacher else None)

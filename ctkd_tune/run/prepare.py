@@ -32,7 +32,7 @@ class Setup:
     tokenizer: Any
     data: TokenData | ExampleData
     device: torch.device
-    fused: bool = False  # loss.fused resolved for these models: head + KD + CE from hidden states (fused_step)
+    fused: bool = False  # loss.fused resolved for these models: head + KD + CE from hidden states (FusedStep)
     stored: Path | None = None  # the teacher states a driver built for this run (teacher_states), if any
 
 

@@ -7,7 +7,7 @@ embedded teacher) and its LM head turns it back into the logits, exactly: the he
 (≈ 1/3 of it for the embedded teacher), the transformer body is the rest.
 
     path = build(cfg, teacher, data)                    # the search / validate driver, before its runs
-    outputs = TeacherOutputs.open(cfg, teacher, data)  # in `distill`: the loop's one view of the teacher
+    outputs = TeacherOutputs.open(cfg, teacher, data)  # in `loop.make_step`: the step's one view of the teacher
     out = outputs.train(step, x)                        # TeacherOutput: stored when it matches, else computed
     out = outputs.held_out(i, x)                        # held-out batch i: stored, else computed once and kept
 
@@ -108,7 +108,7 @@ class TeacherOutputs:
     Training batches come from the stored entry (`TeacherStates`) when a driver built one for these batches and the
     step's input ids match, else from the teacher's forward. Held-out batches come from the forward, kept after
     their first evaluation when all `eval_batches` of them fit in `eval_cache_mb` (the teacher is frozen).
-    Either way the loop gets the same `TeacherOutput` and never knows where it came from.
+    Either way the step (`step.Step`) gets the same `TeacherOutput` and never knows where it came from.
     """
 
     def __init__(self, teacher: Teacher, stored: TeacherStates | None = None, eval_cache_mb: float = 0.0,

@@ -115,8 +115,8 @@ def run_metrics(summary: dict[str, Any], history: list[dict[str, Any]], total_st
     temps = [r for r in history if "ctkd/temperature" in r]
     mid = min(temps, key=lambda r: abs(r["step"] - total_steps / 2)) if temps else {}
     return {
-        "status": "completed" if summary["status"] == "completed" else "diverged",
-        "stop_reason": None if summary["status"] == "completed" else summary["status"],
+        "status": str(summary["status"]),  # a RunStatus: "completed" or "diverged"
+        "stop_reason": summary["stop_reason"],
         "final_val_ppl": summary["final_val_ppl"], "best_val_ppl": summary["best_val_ppl"],
         "final_temperature": summary["final_temperature"], "final_lambda": summary["final_lambda"],
         "steps": summary["steps"],
