@@ -2,7 +2,8 @@
 
     driver.py   `run_validation`: the plan (arms × seeds) and its resumable execution
     runs.py     one validation run (a `distill`) as a Ray task (through `search.cluster`), and its rows
-    verdict.py  the verdict: paired intervals against fallback A, stability, the target; RunStatus, ArmKind, Outcome
+    verdict.py  the verdict: paired intervals against fallback A, stability, the target;
+                the enums ValidationStatus, ArmKind, Outcome
     table.py    the side-by-side table of the verdict
     stats.py    Student's t, paired intervals, seeds needed (pure Python)
     export.py   the winning configuration as a runnable YAML

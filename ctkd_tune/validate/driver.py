@@ -38,7 +38,7 @@ from ctkd_tune.search.experiment import VALIDATION, VALIDATION_PLAN, Experiment,
 from ctkd_tune.search.lock import experiment_lock
 from ctkd_tune.io import atomic_write_json, atomic_write_parquet, atomic_write_text
 from ctkd_tune.validate.runs import execute, finished, rejudge_temperatures
-from ctkd_tune.validate.verdict import ArmKind, Resolve, RunStatus, Target, Verdict, judge_plan
+from ctkd_tune.validate.verdict import ArmKind, Resolve, ValidationStatus, Target, Verdict, judge_plan
 from ctkd_tune.validate.table import format_table
 
 
@@ -189,7 +189,8 @@ def finish(directory: Path, plan: dict[str, Any]) -> ValidationResult:
         atomic_write_parquet(directory / VALIDATION, rejudged)  # report and export read the same flags
     runs = rejudged
     verdict = judge_plan(runs, plan)
-    ran = {(a, s) for a, s, status in zip(runs["arm"], runs["seed"], runs["status"]) if status != RunStatus.ERROR}
+    ran = {(a, s) for a, s, status in zip(runs["arm"], runs["seed"], runs["status"])
+           if status != ValidationStatus.ERROR}
     missing = len({(a["arm"], s) for a in plan["arms"] for s in plan["seeds"]} - ran)
     table = format_table(verdict.arms)
     atomic_write_text(directory / "validation.md", validation_markdown(plan, verdict, runs, missing))

@@ -24,7 +24,7 @@ from ctkd_tune.config import Config, ConfigError, apply_overrides, from_dict
 from ctkd_tune.search.experiment import VALIDATION, VALIDATION_CURVES, VALIDATION_PLAN, read_rows
 from ctkd_tune.io import atomic_write_json, atomic_write_parquet
 from ctkd_tune.search.cluster import cancel_tasks, cluster_cpus, disconnect, open_cluster, remote_task, wait_one
-from ctkd_tune.validate.verdict import RunStatus, run_metrics
+from ctkd_tune.validate.verdict import ValidationStatus, run_metrics
 from ctkd_tune.values import error_line, finite
 
 # the few of results.CURVE_METRICS a validation run keeps per evaluation (a contract test holds it to that list)
@@ -74,7 +74,7 @@ def execute(directory: Path, plan: dict[str, Any], todo: list, rows: list, curve
                 name, seed = pending.pop(ref)
                 if err is not None:  # a run that raised: recorded, re-run by --resume
                     reason = error_line(err, with_type=True)[:300]
-                    out = {"metrics": {"status": RunStatus.ERROR, "stop_reason": reason}, "curve": []}
+                    out = {"metrics": {"status": ValidationStatus.ERROR, "stop_reason": reason}, "curve": []}
                 rows.append(run_row(arms[name], seed, out["metrics"]))
                 curves += [{"arm": name, "seed": seed, **c} for c in out["curve"]]
                 _write(directory, rows, curves)
@@ -113,7 +113,7 @@ def _run_key(arm: dict[str, Any], seed: int) -> str:
 def _add_twin(directory: Path, plan: dict[str, Any], rows: list, curves: list, source: dict[str, Any],
               arm: dict[str, Any], seed: int) -> None:
     """Record `arm`'s run at `seed` as a copy of `source`, the row of the identical run (and its curve, student)."""
-    if source["status"] == RunStatus.ERROR:  # not a result: the twin stays missing and --resume runs both again
+    if source["status"] == ValidationStatus.ERROR:  # not a result: the twin stays missing and --resume runs both again
         return
     name = arm["arm"]
     rows.append({**source, **{k: arm.get(k) for k in ("kind", "label", "order", "trial_id")}, "arm": name,
@@ -169,7 +169,7 @@ def rejudge_temperatures(directory: Path, plan: dict[str, Any], runs):
     arms, runs = {a["arm"]: a for a in plan["arms"]}, runs.copy()
     for i, row in runs.iterrows():
         history = curves.get((row["arm"], row["seed"]))
-        if not history or row["arm"] not in arms or row["status"] == RunStatus.ERROR:
+        if not history or row["arm"] not in arms or row["status"] == ValidationStatus.ERROR:
             continue
         cfg = run_config(arms[row["arm"]], int(row["seed"]))
         runaway, drift = temperature_runaway(history, cfg), temperature_drift(history, cfg)
@@ -193,7 +193,7 @@ def finished(directory: Path, plan: dict[str, Any]) -> tuple[list, list]:
     """Rows (and curves) of earlier runs that --resume keeps: planned (arm, seed) pairs that did not raise."""
     planned = {(a["arm"], s) for a in plan["arms"] for s in plan["seeds"]}
     rows = read_rows(directory / VALIDATION) if (directory / VALIDATION).is_file() else []
-    rows = [r for r in rows if (r["arm"], r["seed"]) in planned and r["status"] != RunStatus.ERROR]
+    rows = [r for r in rows if (r["arm"], r["seed"]) in planned and r["status"] != ValidationStatus.ERROR]
     keep = {(r["arm"], r["seed"]) for r in rows}
     curves = read_rows(directory / VALIDATION_CURVES) if (directory / VALIDATION_CURVES).is_file() else []
     return rows, [c for c in curves if (c["arm"], c["seed"]) in keep]

@@ -19,8 +19,8 @@ below FROZEN_TAU_RANGE is called in effect a fixed temperature; arms whose tempe
     verdict = judge(runs, Target(value=400.0))   # runs: DataFrame with the RUN_COLUMNS below (+ drift, tau_*, ...)
     print(format_table(verdict.arms)); print("\n".join(verdict.lines))   # format_table: validate/table.py
 
-What the code branches on are enums whose values are the strings the tables keep: `RunStatus` (a run's status),
-`ArmKind` (an arm's kind) and `Outcome` (an arm against fallback A, whose value is the verdict's phrase).
+What the code branches on are enums whose values are the strings the tables keep: `ValidationStatus` (a validation
+run's status: the run's own `RunStatus`, or error), `ArmKind` (an arm's kind) and `Outcome` (an arm against fallback A, whose value is the verdict's phrase).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from ctkd_tune.validate.table import fraction, mean_pm, missing, versus_a
 
 
 
-class RunStatus(StrEnum):
+class ValidationStatus(StrEnum):
     """A validation run's `status` (validation.parquet keeps the value): it ran to the end, was stopped as
     diverged, or raised (not a result: `--resume` runs it again)."""
     COMPLETED = "completed"
@@ -115,7 +115,7 @@ def run_metrics(summary: dict[str, Any], history: list[dict[str, Any]], total_st
     temps = [r for r in history if "ctkd/temperature" in r]
     mid = min(temps, key=lambda r: abs(r["step"] - total_steps / 2)) if temps else {}
     return {
-        "status": str(summary["status"]),  # a RunStatus: "completed" or "diverged"
+        "status": str(summary["status"]),  # the run's RunStatus: "completed" or "diverged"
         "stop_reason": summary["stop_reason"],
         "final_val_ppl": summary["final_val_ppl"], "best_val_ppl": summary["best_val_ppl"],
         "final_temperature": summary["final_temperature"], "final_lambda": summary["final_lambda"],
@@ -152,7 +152,7 @@ def judge(runs, target: Target, seeds: Sequence[int] | None = None, confidence: 
     if missing:
         raise ValueError(f"validation table lacks columns {missing}")
     runs = runs.copy()
-    runs["ok"] = (runs["status"] == RunStatus.COMPLETED) & runs["final_val_ppl"].notna()
+    runs["ok"] = (runs["status"] == ValidationStatus.COMPLETED) & runs["final_val_ppl"].notna()
     ref = runs[(runs["arm"] == (target.vs or REFERENCE_ARM)) & runs["ok"]].set_index("seed")["final_val_ppl"]
     ref_mean = float(ref.mean()) if len(ref) else None
     resolve = resolve or Resolve()
