@@ -9,7 +9,7 @@
 Granularity `global` is one scalar τ (`CTKDTemperature`); `token` predicts one τ per token from detached per-token
 features (`CTKDTemperaturePredictor`). The learned parameters get their own optimiser with no weight decay. Its
 default is SGD because Adam normalises the update by the gradient's running RMS: with grad = λ·g the step size no
-longer depends on λ, and the λ curriculum collapses to a sign switch (see README, "Why SGD for the temperature").
+longer depends on λ, and the λ curriculum collapses to a sign switch (docs/design.md, "Why SGD for the temperature").
 """
 
 from __future__ import annotations

@@ -227,7 +227,7 @@ def eval_batches(tokens: torch.Tensor, num_batches: int, batch_size: int,
 # -----------------------------------------------------------------------------
 # every data.format behind one interface: what the loop calls
 
-Batch = tuple[torch.Tensor, torch.Tensor, "torch.Tensor | None"]  # x, y (B, T); attention mask (B, T) or None
+RawBatch = tuple[torch.Tensor, torch.Tensor, "torch.Tensor | None"]  # x, y (B, T); attention mask (B, T) or None
 
 
 def load_data(data_cfg, tokenizer) -> TokenData | ExampleData:
@@ -246,14 +246,14 @@ def max_token_id(data: TokenData | ExampleData) -> int:
     return int(max(data.train.ids.max(), data.val.ids.max()))
 
 
-def train_batch(data: TokenData | ExampleData, step: int, batch_size: int, block_size: int, seed: int) -> Batch:
+def train_batch(data: TokenData | ExampleData, step: int, batch_size: int, block_size: int, seed: int) -> RawBatch:
     """The training batch of 0-based `step`: random text windows (no mask) or random example rows (masked)."""
     if isinstance(data, TokenData):
         return (*get_batch(data.train, step, batch_size, block_size, seed), None)
     return example_batch(data.train, step, batch_size, seed)
 
 
-def held_out_batches(data: TokenData | ExampleData, num_batches: int, batch_size: int, block_size: int) -> list[Batch]:
+def held_out_batches(data: TokenData | ExampleData, num_batches: int, batch_size: int, block_size: int) -> list[RawBatch]:
     """The fixed held-out batches evaluation uses."""
     if isinstance(data, TokenData):
         return [(x, y, None) for x, y in eval_batches(data.val, num_batches, batch_size, block_size)]
