@@ -178,7 +178,7 @@ def test_kd_loss_matches_a_float64_reference_written_from_the_formulas(divergenc
 
 @pytest.mark.parametrize("divergence", DIVERGENCES)
 def test_the_kd_ce_blend_matches_the_reference(divergence):
-    """loss_step's blend, kd_weight · KD + ce_weight · CE, on `counted_losses` (CE is computed in float32 there)."""
+    """`counted_losses` (the loop's KD and CE over the counted tokens; CE in float32), blended as loss_step does."""
     cfg = load_config(preset="tiny", overrides=[f"loss.divergence={divergence}", "loss.kd_weight=0.7",
                                                 "loss.ce_weight=0.3"])
     lo = cfg.loss
