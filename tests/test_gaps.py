@@ -26,7 +26,11 @@ from ctkd_tune.config import DIVERGENCES, SCHEDULE_TYPES, ScheduleConfig
 from ctkd_tune.core.ctkd import get_lambda, lambda_at
 from ctkd_tune.core.losses import kd_loss
 from ctkd_tune.run.checks import temperature_runaway
-from ctkd_tune.run.loop import counted_losses
+
+try:  # the step interface (#19 item 2) moves it from the loop into run/step.py, unchanged
+    from ctkd_tune.run.step import counted_losses
+except ImportError:
+    from ctkd_tune.run.loop import counted_losses
 
 IGNORE = -100
 
@@ -215,8 +219,8 @@ WARMUPS = [0.2, 0.4]
 @pytest.mark.parametrize("steps", LENGTHS)
 @pytest.mark.parametrize("schedule", SCHEDULE_TYPES)
 def test_lambda_is_exactly_zero_through_the_warmup_and_positive_right_after(schedule, steps, warmup_ratio):
-    """0-based steps 0 … W−1 are the warmup (W = int(ratio · steps), exactly ratio · steps here); step W starts the
-    ramp at p = 0, where λ is still 0 for every shape but the constant one; from step W + 1 on λ > 0."""
+    """0-based steps 0 … W−1 are the warmup (W = int(ratio · steps), exactly ratio · steps here); step W starts
+    the ramp at p = 0, where λ is still 0 for every shape but the constant one; from step W + 1 on λ > 0."""
     cfg = ScheduleConfig(schedule, lambda_max=1.0, warmup_ratio=warmup_ratio)
     warmup = cfg.warmup_steps(steps)
     assert warmup == Fraction(str(warmup_ratio)) * steps  # no float truncation at these lengths
@@ -273,7 +277,8 @@ def test_resume_under_a_changed_config_is_refused_and_the_unchanged_one_runs(tmp
     assert first.returncode == 0, first.stderr
     summary = json.loads((out / "summary.json").read_text())
     saved_lr = summary["config"]["train"]["lr"]
-    files = {p: p.read_bytes() for p in (out / "summary.json", out / "metrics.parquet", out / "checkpoint" / "state.pt")}
+    files = {p: p.read_bytes()
+             for p in (out / "summary.json", out / "metrics.parquet", out / "checkpoint" / "state.pt")}
 
     changed = run_cli(*same, "--set", "train.lr=0.0123", "--resume")
     assert changed.returncode == 2, changed.stderr

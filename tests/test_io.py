@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="RLIMIT_FSIZE is POSIX")
+
 ROOT = Path(__file__).resolve().parent.parent
 LIMIT = 64 * 1024  # bytes: the new contents are several times larger, the earlier ones far smaller
 
