@@ -87,6 +87,7 @@ def test_export_validated_round_trip_yaml_and_json(experiment, tmp_path, capsys)
 
 
 def test_export_with_student_copies_a_loadable_model(experiment, tmp_path):
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from ctkd_tune.run.loop import distill, prepare
@@ -101,8 +102,10 @@ def test_export_with_student_copies_a_loadable_model(experiment, tmp_path):
     dest = tmp_path / "student"
     export(experiment, with_student=dest)
     model = AutoModelForCausalLM.from_pretrained(dest)
-    assert AutoTokenizer.from_pretrained(dest) is not None
+    assert AutoTokenizer.from_pretrained(dest).get_vocab() == setup.tokenizer.get_vocab()
     assert model.config.vocab_size == result.student.config.vocab_size
+    trained = result.student.state_dict()
+    assert all(torch.equal(value, trained[key]) for key, value in model.state_dict().items())  # the trained weights
     assert json.loads((dest / "ctkd_provenance.json").read_text())["provenance"]["arm"] == "t00-cosine-lam0.8"
     with pytest.raises(ConfigError, match="not empty"):
         export(experiment, with_student=dest)

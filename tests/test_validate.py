@@ -99,7 +99,7 @@ def test_seeds_needed_against_a_hand_computation():
     """
     for df, t80 in ((3, 0.9785), (8, 0.8889), (9, 0.8834)):  # one-sided 80% quantiles, from the tables
         assert t_quantile(0.60, df) == pytest.approx(t80, abs=1e-4)
-    assert (t_quantile(0.95, 8) + t_quantile(0.60, 8)) ** 2 > 9 >= 0
+    assert (t_quantile(0.95, 8) + t_quantile(0.60, 8)) ** 2 > 9
     assert (t_quantile(0.95, 9) + t_quantile(0.60, 9)) ** 2 <= 10
     assert seeds_needed(1.0, 1.0) == 10 and seeds_needed(3.0, 3.0) == 10  # only sd / difference matters
     assert seeds_needed(2.0, 1.0) == 34
