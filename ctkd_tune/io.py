@@ -59,6 +59,18 @@ def atomic_write_parquet(path: str | Path, rows: list[dict[str, Any]] | Any) -> 
 
 
 def atomic_torch_save(path: str | Path, obj: Any) -> Path:
+    return _atomic(path, lambda tmp: _torch_save(obj, tmp))
+
+
+def _torch_save(obj: Any, tmp: str) -> None:
     import torch
 
-    return _atomic(path, lambda tmp: torch.save(obj, tmp))
+    # Through a Python file: a failed write (a full disk) is then an OSError, which torch's zip writer reports as a
+    # RuntimeError ("enforce fail ... unexpected pos") with the OSError as its context. Re-raise the OSError.
+    with open(tmp, "wb") as f:
+        try:
+            torch.save(obj, f)
+        except RuntimeError as err:
+            if isinstance(err.__context__, OSError):
+                raise err.__context__ from None
+            raise

@@ -81,13 +81,7 @@ def test_a_write_that_fails_half_way_keeps_the_earlier_file_and_leaves_no_tempor
     assert sorted(p.name for p in tmp_path.iterdir()) == [path.name], f"{writer}: a temporary file was left behind"
 
 
-TORCH_RAISES_RUNTIME_ERROR = pytest.mark.xfail(
-    strict=True, reason="torch.save's zip writer reports a failed write as RuntimeError ('[enforce fail at "
-                        "inline_container.cc] unexpected pos'), which _atomic re-raises as is: the CLI then shows a "
-                        "traceback instead of its one-line 'PATH: error' (reported; not fixed here)")
-
-
-@pytest.mark.parametrize("writer", [*WRITERS[:3], pytest.param("torch", marks=TORCH_RAISES_RUNTIME_ERROR)])
+@pytest.mark.parametrize("writer", WRITERS)
 def test_a_failed_write_raises_oserror_naming_the_destination(writer, tmp_path):
     """io.py's contract: OSError with the destination as its filename, not the temporary file's."""
     path = tmp_path / f"result.{writer}"

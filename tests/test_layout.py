@@ -32,11 +32,7 @@ TOP_RANK = len(WINGS) + 1
 
 RAY_HOMES = ("ctkd_tune.search", "trainables")
 OPTUNA_HOMES = ("ctkd_tune.search", "ctkd_tune.validate")
-KNOWN_RAY_IMPORTS = {
-    # validate/runs.py starts (or joins) Ray to run the validation's seeds as Ray tasks; the issue (#19) moves that
-    # behind the search wing. Delete this entry once it has gone: the test then keeps Ray out of validate for good.
-    "ctkd_tune.validate.runs",
-}
+KNOWN_RAY_IMPORTS: set[str] = set()  # none: validate/runs.py reaches Ray through search/cluster.py
 
 
 def _module_files() -> dict[str, Path]:
