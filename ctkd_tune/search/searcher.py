@@ -50,7 +50,7 @@ class CTKDOptunaSearch(OptunaSearch):
     `storage` is the experiment's own: after a restore, whose snapshot may name another path (a folder moved
     elsewhere), the study is loaded again from it. OptunaSearch's own state is reached through `compat`."""
 
-    def __init__(self, *args, storage, ppl_threshold: float, runaway_patience: int, adopt_orphans: bool = False,
+    def __init__(self, *args, storage=None, ppl_threshold: float, runaway_patience: int, adopt_orphans: bool = False,
                  **kwargs):
         super().__init__(*args, storage=storage, **kwargs)
         self.experiment_storage = storage

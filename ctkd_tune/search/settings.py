@@ -18,8 +18,9 @@ from typing import Any, Literal, get_args
 from ctkd_tune.config import ConfigError
 
 # The default search (no --config/--preset): the Shakespeare preset at 150 steps, 8 trials, 2 at a time on 2 CPU
-# cores. One such trial takes ~110 s on one core (7 evaluations); ASHA stops about half of the trials at
-# step 75, so the search takes ~6 min on an idle 2-core machine once the teacher is cached (README). `--set` overrides.
+# cores. One such trial took 107 s on one idle core (7 evaluations, README's teacher-reuse benchmark) and ASHA
+# stops about half of the trials at step 75: an estimated ~6 min on an idle 2-core machine once the teacher is
+# cached, more under load (the README's 16-trial search took 16 min at load 2-4). `--set` overrides.
 DEFAULT_NUM_SAMPLES = 8
 DEFAULT_BUDGET = {"train.steps": 150, "train.eval_every": 25}  # eval every 25: ASHA's rung (68) acts at step 75
 STARTUP_TRIALS = 4  # TPE samples at random until this many trials finished (the known points count)
@@ -65,7 +66,8 @@ class SearchSettings:
     reduction_factor: float = 2
     """ASHA's reduction factor."""
     ppl_threshold: float | None = None
-    """val/ppl above which a trial has diverged (default: `checks.default_ppl_threshold` of the base config)."""
+    """val/ppl above which a trial has diverged (default: `checks.default_ppl_threshold` of the base config, i.e.
+    checks.ppl_at_10 with absolute thresholds and none with relative ones, where each run stops itself)."""
     runaway_patience: int = 3
     """Evaluations with the temperature at a bound before a trial counts as a runaway (0 = off)."""
     points: list[dict] | None = field(default=None)
@@ -115,8 +117,8 @@ class StudySettings:
     """ASHA's reduction factor."""
     runaway_patience: int
     """Evaluations with the temperature at a bound before a trial counts as a runaway (0 = off)."""
-    ppl_threshold: float
-    """val/ppl above which a trial has diverged."""
+    ppl_threshold: float | None
+    """val/ppl above which a trial has diverged (None with relative thresholds: each run stops itself)."""
     seed: int
     """Seed of the sampler's first run."""
     cpus_per_trial: float
@@ -142,8 +144,9 @@ class StudySettings:
         if missing:
             raise ConfigError(f"{source}: settings lack {', '.join(missing)}")
         for name, value in data.items():
-            if not _is(value, _TYPES[name]):
-                raise ConfigError(f"{source}: settings.{name} must be {_TYPES[name].__name__}, got {value!r}")
+            if not (_is(value, _TYPES[name]) or (value is None and name in _OPTIONAL)):
+                kind = _TYPES[name].__name__ + (" or null" if name in _OPTIONAL else "")
+                raise ConfigError(f"{source}: settings.{name} must be {kind}, got {value!r}")
         check_modes(data.get("sampler", "tpe"), data.get("scheduler", "asha"), f"{source}: settings.")
         return cls(**data)
 
@@ -154,6 +157,7 @@ class StudySettings:
 _TYPES = {"params": list, "points": list, "grace_period": int, "max_t": int, "reduction_factor": float,
           "runaway_patience": int, "ppl_threshold": float, "seed": int, "cpus_per_trial": float,
           "gpus_per_trial": float, "sampler": str, "scheduler": str}
+_OPTIONAL = {"ppl_threshold"}
 
 
 def _is(value: Any, kind: type) -> bool:
