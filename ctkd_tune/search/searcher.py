@@ -14,6 +14,10 @@ longer knows ("orphans": proposed after the snapshot) are handed, with their par
 creates, so no parameter set is proposed twice; the sampler is reseeded so the snapshot's draws are not replayed.
 The same kill can leave Ray's snapshot naming a checkpoint that `num_to_keep` deleted after it: `CheckpointGuard`
 points such a trial at the newest whole checkpoint left in its folder (or none: it starts again) before it runs.
+
+Everything these objects need comes through their constructors: Tune pickles them with the experiment, and on
+`--resume` the driver builds them again for this folder and storage and the restored Tuner runs with those
+(`compat.replace_restored_search`); the searcher's `restore` keeps its own storage over the snapshot's.
 """
 
 from __future__ import annotations
@@ -59,7 +63,8 @@ class CTKDOptunaSearch(OptunaSearch):
         self._orphans = orphans(study, set()) if adopt_orphans and study is not None else []
 
     def restore(self, checkpoint_path: str) -> None:
-        storage = self.experiment_storage  # this driver's: the snapshot's state replaces every attribute
+        # this driver's storage (None for a searcher pickled before it had one): the snapshot replaces every attribute
+        storage = getattr(self, "experiment_storage", None)
         super().restore(checkpoint_path)
         self.experiment_storage = storage
         if storage is not None:
