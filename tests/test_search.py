@@ -156,6 +156,36 @@ def test_searcher_tells_optuna_the_truth(last, error, state):
     assert all(math.isfinite(v) for v in trial.intermediate_values.values())
 
 
+@pytest.mark.parametrize("ray_status, last, status", [
+    ("PENDING", {}, "pending"), ("PAUSED", {"step": 4}, "pending"), ("RUNNING", {"step": 4}, "running"),
+    ("ERROR", {"step": 4, "val/ppl": 300.0}, "error"),
+    ("TERMINATED", {"val/ppl": 300.0, "step": 12, "status": "completed"}, "completed"),
+    ("TERMINATED", {"val/ppl": 300.0, "step": 4, "status": "running"}, "pruned"),
+    ("TERMINATED", {"val/ppl": 5000.0, "step": 4, "status": "running"}, "diverged"),
+])
+def test_the_live_console_and_the_tables_share_one_verdict(ray_status, last, status):
+    from ctkd_tune.search.results import TrialStatus, live_status
+
+    got = live_status(ray_status, last, 1000.0, 2)
+    assert got == status and isinstance(got, TrialStatus)
+    if ray_status in ("ERROR", "TERMINATED"):
+        assert got == trial_outcome(last, ray_status == "ERROR", 1000.0, 2)[0]
+
+
+def test_statuses_are_an_enum_whose_values_the_tables_keep():
+    from ctkd_tune.search.results import TrialStatus, build_tables
+
+    assert set(STATUSES) == {"completed", "pruned", "diverged", "error", "interrupted", "running"}
+    assert trial_outcome(None, False, 1000.0, 2) == (TrialStatus.ERROR, "stopped before it ran")
+    base = load_config(preset="tiny").to_dict()
+    record = {"config": {}, "metrics": {"val/ppl": 3.0, "step": 2, "status": "completed"},
+              "reports": [{"val/ppl": 3.0, "step": 2, "status": "completed"}], "error": None, "path": "/x/t1"}
+    from ctkd_tune.search.results import TrialRecord
+
+    rows, _ = build_tables([TrialRecord(**record)], base, ppl_threshold=1000.0, runaway_patience=2)
+    assert type(rows[0]["status"]) is str and rows[0]["status"] == "completed"
+
+
 @pytest.mark.parametrize("on_disk, resumes_from", [
     (["checkpoint_000004", "checkpoint_000005"], "checkpoint_000005"),  # written after the snapshot: the newest
     (["checkpoint_000004", "checkpoint_000005-cut"], "checkpoint_000004"),  # the newest copy was cut short

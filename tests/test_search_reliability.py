@@ -168,6 +168,43 @@ def test_damaged_database_and_renamed_folder_are_one_line(no_ray, tmp_path, caps
     assert "holds the search 's' (renamed?)" in _one_line_error(capsys, code)
 
 
+@pytest.mark.parametrize("change, message", [
+    ({"sampler": "grid"}, "settings.sampler must be one of tpe, random, got 'grid'"),
+    ({"max_t": "60"}, "settings.max_t must be int, got '60'"),
+    ({"grace_period": True}, "settings.grace_period must be int, got True"),
+    ({"typo": 1}, "unknown settings typo"),
+    ({"ppl_threshold": "high"}, "settings.ppl_threshold must be float or null, got 'high'"),
+    ({"points": None}, "settings.points must be list, got None"),
+])
+def test_damaged_settings_in_search_json_are_one_line(change, message, no_ray, tmp_path, capsys):
+    exp = _fake_search(tmp_path / "s")
+    state = json.loads((exp / "search.json").read_text())
+    state["settings"].update(change)
+    (exp / "search.json").write_text(json.dumps(state))
+    code = main(["search", "--name", "s", "--resume", "--results-dir", str(tmp_path)])
+    line = _one_line_error(capsys, code)
+    assert "search.json" in line and message in line
+
+
+def test_search_json_settings_read_back_as_study_settings_and_old_files_still_read(tmp_path):
+    from ctkd_tune.search.folder import read_state
+    from ctkd_tune.search.settings import StudySettings
+
+    exp = _fake_search(tmp_path / "s")
+    written = json.loads((exp / "search.json").read_text())["settings"]
+    fixed = read_state(exp / "search.json")["settings"]
+    assert isinstance(fixed, StudySettings) and fixed.to_dict() == written
+    state = json.loads((exp / "search.json").read_text())
+    for key in ("sampler", "scheduler"):  # search.json files written before the two options
+        del state["settings"][key]
+    state["settings"]["reduction_factor"] = 3  # an int where a float goes: JSON's own choice
+    (exp / "search.json").write_text(json.dumps(state))
+    old = read_state(exp / "search.json")["settings"]
+    assert (old.sampler, old.scheduler, old.reduction_factor) == ("tpe", "asha", 3)
+    with pytest.raises(ConfigError, match="settings lack max_t"):
+        StudySettings.from_dict({k: v for k, v in written.items() if k != "max_t"})
+
+
 # --- interrupted experiments, export into a folder, a full disk --------------------------------------------------
 
 def test_an_interrupted_experiment_says_how_to_continue_and_uses_what_finished(tmp_path, capsys):

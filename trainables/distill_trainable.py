@@ -29,6 +29,7 @@ from ctkd_tune.run.checks import RunawayCounter
 from ctkd_tune.run.loop import distill, prepare
 from ctkd_tune.run.summary import RunStatus
 from ctkd_tune.search.cluster import worker_setup
+from ctkd_tune.search.compat import RAY_STORAGE_LOGGER
 from ctkd_tune.search.results import CURVE_METRICS, OPTUNA_TRIAL_KEY
 from ctkd_tune.search.spaces import trial_config
 from ctkd_tune.values import finite
@@ -44,7 +45,7 @@ def train_ctkd(params: dict[str, Any], base: dict[str, Any], watch: dict[str, st
 
     `watch` ({"experiment": NAME, "tensorboard": DIR}): every step also sets the trial's Ray metrics gauges and
     writes TensorBoard scalars to DIR/<trial name>/ (see ctkd_tune.search.reporter, ctkd_tune.run.tboard)."""
-    logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)  # one "Checkpoint created" per eval
+    logging.getLogger(RAY_STORAGE_LOGGER).setLevel(logging.WARNING)  # one "Checkpoint created" per eval
     params = {k: v for k, v in params.items() if k != OPTUNA_TRIAL_KEY}
     cfg = worker_setup(trial_config(base, params))  # ConfigError → the trial errors, with the message
     work = Path(tune.get_context().get_trial_dir()) / SCRATCH

@@ -1,7 +1,10 @@
-"""Search: Ray Tune trials while Optuna searches the CTKD knobs — the only wing that imports Ray.
+"""Search: Ray Tune trials while Optuna searches the CTKD knobs. This wing and validate's runner (validate/runs.py,
+through search.cluster) import Ray; core, inputs and run never do, so `ctkd-tune distill` runs without it.
 
     driver.py     `run_search`: the Tuner, its scheduler, searcher and callbacks
-    settings.py   `SearchSettings`: the budget and resources of one search (importable without Ray)
+    settings.py   `SearchSettings`: the budget and resources of one search; `StudySettings`: what search.json
+                  records of them (importable without Ray)
+    compat.py     every private Ray / Optuna access, one function each (tests/test_compat.py)
     searcher.py   the Optuna searcher and the callbacks that keep the study and the tables right
     spaces.py     loading and checking a search space; a suggestion → a trial's config
     arms.py       the recommended point and fallbacks A, B and C

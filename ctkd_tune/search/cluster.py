@@ -63,10 +63,10 @@ def connect(address: str | None, **local: Any) -> tuple[bool, Any]:
     env = {key: os.environ[key] for key in FORWARDED_ENV if key in os.environ}
     address = address or os.environ.get("RAY_ADDRESS") or None
     if not address:
-        from ray._private import ray_constants
+        from ctkd_tune.search.compat import keep_ray_node_local
 
         os.environ.update(LOCAL_ONLY_ENV)
-        ray_constants.ENABLE_RAY_CLUSTER = False  # what the variable means, for a Ray imported before we set it
+        keep_ray_node_local()  # what the variable means, for a Ray imported before we set it
         # "local": always a new Ray of our own; without an address Ray would join a `ray start` cluster it finds
         return True, ray.init(address="local", logging_level=logging.WARNING, runtime_env={"env_vars": env}, **local)
     print(f"ctkd-tune: connecting to the Ray cluster at {address}")
@@ -87,10 +87,12 @@ def disconnect(started: bool, logs_to: Path | None = None) -> None:
     and remove its session folder (/tmp/ray/session_*), which Ray leaves behind."""
     import ray
 
+    from ctkd_tune.search.compat import local_session_dir
+
     if not started:
         return
-    node = ray._private.worker._global_node
-    session = Path(node.get_session_dir_path()) if node is not None and node.head else None
+    session = local_session_dir()
+    session = Path(session) if session else None
     ray.shutdown()
     if session is None or not session.is_dir():
         return

@@ -1,6 +1,6 @@
 """`ctkd-tune search`: Ray Tune runs full CTKD distillations while Optuna searches the CTKD knobs.
 
-    ctkd-tune search                                           # the Shakespeare default, ~6 min on 2 CPU cores
+    ctkd-tune search                                           # the Shakespeare default (settings.DEFAULT_BUDGET)
     ctkd-tune search --preset tiny --num-samples 4 --name smoke
     ctkd-tune search --name smoke --num-samples 4              # 4 more trials in the same Optuna study
     ctkd-tune search --name smoke --resume                     # continue an interrupted (or killed) search
@@ -26,6 +26,7 @@ import math
 import os
 import shutil
 from contextlib import ExitStack
+from functools import partial
 from pathlib import Path
 
 import optuna
@@ -39,14 +40,15 @@ from ctkd_tune.io import atomic_write_json
 from ctkd_tune.search.lock import experiment_lock
 from ctkd_tune.search.cluster import check_local_resources, open_cluster, stop_on_signals, trials_that_fit
 from ctkd_tune.search.results import record_from_result
+from ctkd_tune.search.compat import replace_restored_search
 from ctkd_tune.search.folder import (SearchResult, any_unfinished, check_no_unfinished_trials, final_tables,
                                      live_record, open_storage, ray_storage, read_state, rebuild_search_tables,
-                                     study_is_empty, tables_readable, write_search_tables)
+                                     refresh_tables, study_is_empty, tables_readable)
 from ctkd_tune.search.searcher import CheckpointGuard, CTKDOptunaSearch, DivergenceStopper, TableWriter, fail_orphans
 from ctkd_tune.search.reporter import LiveReporter, named_trainable, ray_trial_dirname, ray_trial_name
 
 from ctkd_tune.search.settings import (DEFAULT_BUDGET, DEFAULT_NUM_SAMPLES, METRIC, MODE,  # noqa: F401 (re-exported)
-                                       STARTUP_TRIALS, TABLE_PERIOD_S, SearchSettings)
+                                       STARTUP_TRIALS, TABLE_PERIOD_S, SearchSettings, StudySettings)
 
 
 def run_search(base_cfg: Config | None, settings: SearchSettings | None = None, *, resume: bool = False,
@@ -69,7 +71,7 @@ def run_search(base_cfg: Config | None, settings: SearchSettings | None = None, 
         if state is None:
             raise ConfigError(f"--{'resume' if resume else 'rebuild-tables'}: no search named {s.name!r} in "
                               f"{directory.parent}")
-        base_cfg, space, params = from_dict(state["base"]), state["space"], state["settings"]
+        base_cfg, space, fixed = from_dict(state["base"]), state["space"], state["settings"]
         if rebuild_tables:
             with experiment_lock(directory, "search --rebuild-tables"):
                 return rebuild_search_tables(directory, state, open_storage(directory))
@@ -83,16 +85,17 @@ def run_search(base_cfg: Config | None, settings: SearchSettings | None = None, 
             raise ConfigError(f"search {s.name!r} was run with another base config or space; pick a new --name")
         info = check_space(load_space(space or DEFAULT_SPACE), base_cfg, space or "default", s.points)
         steps = base_cfg.train.steps
-        params = {"params": info.params, "points": info.points,
-                  "grace_period": s.grace_period or _grace_period(info.max_warmup_ratio, steps), "max_t": steps,
-                  "reduction_factor": s.reduction_factor, "runaway_patience": s.runaway_patience,
-                  "ppl_threshold": s.ppl_threshold or default_ppl_threshold(base_cfg), "seed": s.seed,
-                  "cpus_per_trial": s.cpus_per_trial, "gpus_per_trial": s.gpus_per_trial, "sampler": s.sampler,
-                  "scheduler": s.scheduler}
+        fixed = StudySettings(
+            params=info.params, points=info.points,
+            grace_period=s.grace_period or _grace_period(info.max_warmup_ratio, steps), max_t=steps,
+            reduction_factor=s.reduction_factor, runaway_patience=s.runaway_patience,
+            ppl_threshold=s.ppl_threshold or default_ppl_threshold(base_cfg), seed=s.seed,
+            cpus_per_trial=s.cpus_per_trial, gpus_per_trial=s.gpus_per_trial, sampler=s.sampler,
+            scheduler=s.scheduler)
     space_fn = load_space(space or DEFAULT_SPACE)  # a file-based space must be importable to unpickle the searcher
     address = s.address or os.environ.get("RAY_ADDRESS")
     if not address:
-        check_local_resources(params["cpus_per_trial"], params["gpus_per_trial"])  # before Ray starts
+        check_local_resources(fixed.cpus_per_trial, fixed.gpus_per_trial)  # before Ray starts
     if state is not None:
         open_storage(directory)  # a damaged optuna.db is an error before Ray starts
     os.environ["RAY_CHDIR_TO_TRIAL_DIR"] = "0"
@@ -106,7 +109,7 @@ def run_search(base_cfg: Config | None, settings: SearchSettings | None = None, 
             held.enter_context(experiment_lock(directory, "search"))
         started = _init_ray(address, s.dashboard_host)  # an unreachable cluster fails here, before anything is written
         held.callback(_disconnect, started, directory)
-        limit = s.max_concurrent or trials_that_fit(params["cpus_per_trial"], params["gpus_per_trial"])
+        limit = s.max_concurrent or trials_that_fit(fixed.cpus_per_trial, fixed.gpus_per_trial)
         if state is None:
             held.enter_context(experiment_lock(directory, "search"))
         with stop_on_signals(stopped):
@@ -120,42 +123,47 @@ def run_search(base_cfg: Config | None, settings: SearchSettings | None = None, 
                                 "storage_path": ray_storage(s.storage_path, directory),
                                 "num_samples": s.num_samples or DEFAULT_NUM_SAMPLES}]
                 atomic_write_json(state_file, {"name": s.name, "base": base_cfg.to_dict(), "space": space or None,
-                                               "settings": params, "runs": runs,
+                                               "settings": fixed.to_dict(), "runs": runs,
                                                "teacher_states": str(stored) if stored else None})
             elif not tables_readable(directory):
                 print(f"ctkd-tune: {directory}: rebuilding damaged tables from the study and the trial folders")
                 rebuild_search_tables(directory, state, storage)
             run = runs[-1]
-            trainable = _named_trainable(base_cfg, params, s.name, directory, stored)
+            trainable = _named_trainable(base_cfg, fixed, s.name, directory, stored)
             experiment = f"{run['storage_path'].rstrip('/')}/{run['name']}"
-            TableWriter.write = lambda trials: write_search_tables(
-                directory, [live_record(t) for t in trials], base_cfg, params, storage, s.name, run["name"], live=True)
-            CTKDOptunaSearch.storage_override = storage
+            # the callbacks and the searcher get this driver's folder and storage as constructor arguments; a
+            # restored Tuner runs with these too, not with the ones its tuner.pkl holds (`compat`)
+            writer = TableWriter(partial(refresh_tables, directory, base_cfg, fixed, storage, s.name, run["name"]),
+                                 TABLE_PERIOD_S)
+            callbacks = [writer, CheckpointGuard()]
             if resume and tune.Tuner.can_restore(experiment):
                 print(f"ctkd-tune: resuming {experiment}")
                 tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True,
                                            resume_errored=False)
+                # no known points: the study already holds them (the snapshot's searcher state replaces the rest)
+                replace_restored_search(tuner, _searcher(fixed, storage, s.name, space_fn, len(runs), limit, []),
+                                        callbacks)
             else:  # a new run, or one killed before Ray's first snapshot: start it (again), orphans re-attached
                 if resume:
                     print(f"ctkd-tune: {experiment} holds no Ray snapshot: starting that run again")
                     shutil.rmtree(experiment, ignore_errors=True)
-                tuner = tune.Tuner(trainable, tune_config=_tune_config(params, storage, s.name, space_fn, run,
-                                                                      len(runs), limit, adopt_orphans=resume),
-                                   run_config=_run_config(params, run, s.verbose))
-            TableWriter.ended = None
+                points = fixed.points if study_is_empty(storage, s.name) else []
+                search_alg = _searcher(fixed, storage, s.name, space_fn, len(runs), limit, points,
+                                       adopt_orphans=resume)
+                tuner = tune.Tuner(trainable, tune_config=_tune_config(fixed, search_alg, run),
+                                   run_config=_run_config(fixed, run, s.verbose, callbacks))
             grid = tuner.fit()
             # Tune's own trials as the run ended; its ResultGrid (read back from storage) is the fallback
-            records = ([live_record(t) for t in TableWriter.ended] if TableWriter.ended is not None else
+            records = ([live_record(t) for t in writer.ended] if writer.ended is not None else
                        [record_from_result(result) for result in grid])
             if not stopped and not any_unfinished(records, storage, s.name):
                 fail_orphans(optuna.load_study(study_name=s.name, storage=storage), set())  # none left behind
-            return final_tables(directory, records, base_cfg, params, storage, s.name, run["name"], bool(stopped))
+            return final_tables(directory, records, base_cfg, fixed, storage, s.name, run["name"], bool(stopped))
 
 
 def _disconnect(started: bool, directory: Path) -> None:
     from ctkd_tune.search.cluster import disconnect
 
-    TableWriter.write, TableWriter.ended, CTKDOptunaSearch.storage_override = None, None, None
     disconnect(started, logs_to=directory / "logs" if directory.is_dir() else None)
 
 
@@ -172,7 +180,7 @@ def _grace_period(max_warmup_ratio: float, steps: int) -> int:
 
 def base_config(path: str | None = None, preset: str | None = None, overrides: list[str] = ()) -> Config:
     """The search's base config, as for `distill`; with neither a file nor a preset: the Shakespeare preset at
-    the default search budget (DEFAULT_BUDGET), so `ctkd-tune search` alone finishes in about 6 minutes on 2 cores."""
+    the default search budget (DEFAULT_BUDGET; how long that takes: the estimate in `settings`)."""
     from ctkd_tune.config import load_config
 
     if path is None and preset is None:
@@ -187,34 +195,39 @@ def _shared_seeds(cfg: Config) -> Config:
     return from_dict(data)
 
 
-def _tune_config(params, storage, name, space_fn, run, run_index, limit, adopt_orphans=False) -> tune.TuneConfig:
-    points = params["points"] if study_is_empty(storage, name) else []
-    seed = params["seed"] + run_index - 1  # a run that adds trials must not replay the first run's draws
-    if params.get("sampler", "tpe") == "random":
+def _searcher(fixed: StudySettings, storage, name, space_fn, run_index, limit, points,
+              adopt_orphans=False) -> ConcurrencyLimiter:
+    """The Optuna searcher of run `run_index` on the experiment's study, at most `limit` trials at once."""
+    seed = fixed.seed + run_index - 1  # a run that adds trials must not replay the first run's draws
+    if fixed.sampler == "random":
         sampler = optuna.samplers.RandomSampler(seed=seed)
     else:
         sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=STARTUP_TRIALS)
     searcher = CTKDOptunaSearch(space=space_fn, metric=METRIC, mode=MODE, points_to_evaluate=points or None,
                                 sampler=sampler, study_name=name, storage=storage,
-                                ppl_threshold=params["ppl_threshold"], runaway_patience=params["runaway_patience"],
+                                ppl_threshold=fixed.ppl_threshold, runaway_patience=fixed.runaway_patience,
                                 adopt_orphans=adopt_orphans)
-    if params.get("scheduler", "asha") == "asha":
-        scheduler = ASHAScheduler(time_attr="step", metric=METRIC, mode=MODE, max_t=params["max_t"],
-                                  grace_period=params["grace_period"], reduction_factor=params["reduction_factor"])
+    return ConcurrencyLimiter(searcher, max_concurrent=limit)
+
+
+def _tune_config(fixed: StudySettings, search_alg, run) -> tune.TuneConfig:
+    if fixed.scheduler == "asha":
+        scheduler = ASHAScheduler(time_attr="step", metric=METRIC, mode=MODE, max_t=fixed.max_t,
+                                  grace_period=fixed.grace_period, reduction_factor=fixed.reduction_factor)
     else:
         scheduler = FIFOScheduler()
-    return tune.TuneConfig(search_alg=ConcurrencyLimiter(searcher, max_concurrent=limit), scheduler=scheduler,
-                           num_samples=run["num_samples"], reuse_actors=False, trial_name_creator=ray_trial_name,
+    return tune.TuneConfig(search_alg=search_alg, scheduler=scheduler, num_samples=run["num_samples"],
+                           reuse_actors=False, trial_name_creator=ray_trial_name,
                            trial_dirname_creator=ray_trial_dirname)
 
 
-def _run_config(params, run, verbose) -> tune.RunConfig:
-    reporter = LiveReporter(params["max_t"], params["ppl_threshold"], params["runaway_patience"], title=run["name"])
+def _run_config(fixed: StudySettings, run, verbose, callbacks) -> tune.RunConfig:
+    reporter = LiveReporter(fixed.max_t, fixed.ppl_threshold, fixed.runaway_patience, title=run["name"])
     return tune.RunConfig(name=run["name"], storage_path=run["storage_path"], verbose=verbose,
-                          stop=DivergenceStopper(params["ppl_threshold"], params["runaway_patience"]),
+                          stop=DivergenceStopper(fixed.ppl_threshold, fixed.runaway_patience),
                           failure_config=tune.FailureConfig(max_failures=2),
                           checkpoint_config=tune.CheckpointConfig(num_to_keep=2), progress_reporter=reporter,
-                          callbacks=[TableWriter(TABLE_PERIOD_S), CheckpointGuard()])
+                          callbacks=callbacks)
 
 
 # --- helpers -----------------------------------------------------------------------------------------------------
@@ -225,13 +238,13 @@ def _trainable():
     return train_ctkd
 
 
-def _named_trainable(base_cfg: Config, params: dict, name: str, directory: Path, stored: str | None):
+def _named_trainable(base_cfg: Config, fixed: StudySettings, name: str, directory: Path, stored: str | None):
     """The trainable as actor class CTKDTrial named after the trial; it feeds the gauges and TensorBoard. `stored`:
     the teacher states built for the trials (each then loads the teacher's head only)."""
     watch = {"experiment": name, "tensorboard": str(directory / "tensorboard")}
     function = tune.with_resources(tune.with_parameters(_trainable(), base=base_cfg.to_dict(), watch=watch,
                                                         stored=str(stored) if stored else None),
-                                   {"cpu": params["cpus_per_trial"], "gpu": params["gpus_per_trial"]})
+                                   {"cpu": fixed.cpus_per_trial, "gpu": fixed.gpus_per_trial})
     return named_trainable(function)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 
+from ctkd_tune.search.results import TrialStatus
 from ctkd_tune.values import finite, plain
 
 
@@ -30,7 +31,7 @@ def search_progress(trials, curves):
     for trial_id, ended in ends.items():
         status = info["status"].get(trial_id)
         value = plain(info["final_val_ppl"].get(trial_id))
-        if status == "completed" and finite(value):
+        if status == TrialStatus.COMPLETED and finite(value):
             best = min(best, value)
         rows.append({"trial_id": trial_id, "steps_spent": _steps_spent(reports[reports["reported_at"] <= ended]),
                      "status": status, "final_val_ppl": value, "best_so_far": best if best < math.inf else None})

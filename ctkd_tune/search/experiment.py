@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ctkd_tune.config import ConfigError
+from ctkd_tune.search.results import UNFINISHED, TrialStatus
 
 TRIALS, CURVES = "trials.parquet", "curves.parquet"
 VALIDATION, VALIDATION_CURVES, VALIDATION_PLAN = "validation.parquet", "validation_curves.parquet", "validation.json"
@@ -35,7 +36,7 @@ class Experiment:
     def completed(self):
         """Trials that ran to train.steps with a finite final val/ppl."""
         t = self.trials
-        return t[(t["status"] == "completed") & t["final_val_ppl"].notna()]
+        return t[(t["status"] == TrialStatus.COMPLETED) & t["final_val_ppl"].notna()]
 
     def searched_params(self) -> list[str]:
         """The searched knobs: from search.json when present, else the config columns that vary across trials."""
@@ -73,7 +74,7 @@ def open_experiment(path: str | Path) -> Experiment:
     curves = read_table(directory / CURVES)
     exp = Experiment(directory.resolve(), directory.resolve().name, trials,
                      curves if curves is not None else pd.DataFrame(), read_table(directory / VALIDATION))
-    unfinished = int(trials["status"].isin(["interrupted", "running"]).sum())
+    unfinished = int(trials["status"].isin(UNFINISHED).sum())
     if not len(exp.completed):
         counts = ", ".join(f"{n} {s}" for s, n in trials["status"].value_counts().items())
         raise ConfigError(f"--experiment {path}: no completed trials ({counts})"

@@ -5,7 +5,7 @@
     rebuild_search_tables(directory, state, storage)   # trials/curves.parquet from the study + trial folders
 
 The tables are written three ways, all through `results.build_tables`: while the search runs (`live_record` of
-Tune's trials, refreshed by `searcher.TableWriter`), once it ends (`final_tables`, from Ray's ResultGrid), and on
+Tune's trials, refreshed by `searcher.TableWriter` through `refresh_tables`), once it ends (`final_tables`, from Ray's ResultGrid), and on
 demand or on a resume that finds them damaged (`rebuild_search_tables`, from Ray's trial folders on disk).
 """
 
@@ -19,8 +19,9 @@ from typing import Any
 import optuna
 
 from ctkd_tune.config import ConfigError, from_dict
-from ctkd_tune.search.results import (OPTUNA_TRIAL_KEY, TrialRecord, build_tables, record_from_dir,
-                               summary_table, write_best_config, write_tables)
+from ctkd_tune.search.settings import StudySettings
+from ctkd_tune.search.results import (OPTUNA_TRIAL_KEY, UNFINISHED, TrialRecord, TrialStatus, build_tables,
+                                      record_from_dir, summary_table, write_best_config, write_tables)
 
 
 @dataclass
@@ -33,7 +34,7 @@ class SearchResult:
 
 
 def read_state(path: Path) -> dict[str, Any]:
-    """search.json; a folder moved elsewhere keeps working (its default Ray storage moves with it), a folder
+    """search.json, its "settings" read back as `StudySettings`; a folder moved elsewhere keeps working (its default Ray storage moves with it), a folder
     renamed is refused (its study and Ray runs carry the old name)."""
     try:
         state = json.loads(path.read_text())
@@ -41,6 +42,7 @@ def read_state(path: Path) -> dict[str, Any]:
         state["base"], state["settings"]  # noqa: B018 (the keys a search needs)
     except (ValueError, KeyError, TypeError) as err:
         raise ConfigError(f"{path}: not a search state file ({type(err).__name__}: {err})") from None
+    state["settings"] = StudySettings.from_dict(state["settings"], str(path))
     if name != path.parent.name:
         raise ConfigError(f"{path.parent} holds the search {name!r} (renamed?): its study and Ray runs carry that "
                           f"name; put it back in a folder named {name}")
@@ -97,21 +99,29 @@ def open_storage(directory: Path):
     return storage
 
 
-def write_search_tables(directory, records, base_cfg, params, storage, name, run_name, live=False):
+def write_search_tables(directory, records, base_cfg, fixed: StudySettings, storage, name, run_name, live=False):
     study = optuna.load_study(study_name=name, storage=storage)
     states = {t.number: t.state.name for t in study.get_trials(deepcopy=False)}
-    trials, curves = build_tables(records, base_cfg.to_dict(), ppl_threshold=params["ppl_threshold"],
-                                  runaway_patience=params["runaway_patience"], optuna_states=states, run=run_name,
+    trials, curves = build_tables(records, base_cfg.to_dict(), ppl_threshold=fixed.ppl_threshold,
+                                  runaway_patience=fixed.runaway_patience, optuna_states=states, run=run_name,
                                   live=live)
     return write_tables(directory, trials, curves)
 
 
-def final_tables(directory, records, base_cfg, params, storage, name, run_name, stopped) -> SearchResult:
+def refresh_tables(directory, base_cfg, fixed: StudySettings, storage, name, run_name, trials) -> None:
+    """The tables of Tune's `trials` while the search runs (`searcher.TableWriter` calls it; picklable as a
+    `functools.partial` of everything but `trials`)."""
+    write_search_tables(directory, [live_record(t) for t in trials], base_cfg, fixed, storage, name, run_name,
+                        live=True)
+
+
+def final_tables(directory, records, base_cfg, fixed: StudySettings, storage, name, run_name,
+                 stopped) -> SearchResult:
     """The tables once a run ended, with a summary and what to do next."""
-    trials, curves = write_search_tables(directory, records, base_cfg, params, storage, name, run_name)
+    trials, curves = write_search_tables(directory, records, base_cfg, fixed, storage, name, run_name)
     best = write_best_config(directory, trials)
-    interrupted = stopped or (bool(len(trials)) and bool((trials["status"] == "interrupted").any()))
-    print(summary_table(trials, params["params"]))
+    interrupted = stopped or (bool(len(trials)) and bool((trials["status"] == TrialStatus.INTERRUPTED).any()))
+    print(summary_table(trials, fixed.params))
     print(f"results: {directory}/trials.parquet, curves.parquet" + (f", {best.name}" if best else ""))
     if interrupted:
         print(f"ctkd-tune: search interrupted; continue it with: ctkd-tune search --name {name} --resume"
@@ -139,8 +149,8 @@ def live_record(trial) -> TrialRecord:
 def rebuild_search_tables(directory: Path, state: dict[str, Any], storage) -> SearchResult:
     """trials.parquet / curves.parquet from the study and every run's trial folders (params.json, result.json)."""
     study = optuna.load_study(study_name=state["name"], storage=storage)
-    errored = {t.number for t in study.get_trials(deepcopy=False) if t.user_attrs.get("status") == "error"}
-    base_cfg, params = from_dict(state["base"]), state["settings"]
+    errored = {t.number for t in study.get_trials(deepcopy=False) if t.user_attrs.get("status") == TrialStatus.ERROR}
+    base_cfg, fixed = from_dict(state["base"]), state["settings"]
     trials, curves = [], []
     for run in state["runs"]:
         folder = Path(run["storage_path"]) / run["name"]
@@ -152,8 +162,8 @@ def rebuild_search_tables(directory: Path, state: dict[str, Any], storage) -> Se
             record = record_from_dir(trial_dir.parent, error=config.get(OPTUNA_TRIAL_KEY) in errored)
             if record is not None:
                 records.append(record)
-        rows, curve_rows = build_tables(records, base_cfg.to_dict(), ppl_threshold=params["ppl_threshold"],
-                                        runaway_patience=params["runaway_patience"], run=run["name"],
+        rows, curve_rows = build_tables(records, base_cfg.to_dict(), ppl_threshold=fixed.ppl_threshold,
+                                        runaway_patience=fixed.runaway_patience, run=run["name"],
                                         optuna_states={t.number: t.state.name
                                                        for t in study.get_trials(deepcopy=False)})
         trials += rows
@@ -161,7 +171,7 @@ def rebuild_search_tables(directory: Path, state: dict[str, Any], storage) -> Se
     trials, curves = write_tables(directory, trials, curves, merge=False)
     best = write_best_config(directory, trials)
     print(f"ctkd-tune: rebuilt {directory}/trials.parquet ({len(trials)} trials) and curves.parquet")
-    interrupted = bool(len(trials)) and bool(trials["status"].isin(["interrupted", "running"]).any())
+    interrupted = bool(len(trials)) and bool(trials["status"].isin(UNFINISHED).any())
     return SearchResult(directory, trials, curves, best, interrupted)
 
 

@@ -49,9 +49,9 @@ def ray_trial_dirname(trial) -> str:
 def named_trainable(trainable):
     """The function trainable as a class Tune runs as actor `CTKDTrial`, whose repr (the dashboard's actor name
     and the prefix of its log lines) is the trial's readable name instead of `ImplicitFunc`."""
-    from ray.tune.trainable.function_trainable import wrap_function
+    from ctkd_tune.search.compat import wrap_function_trainable
 
-    base = wrap_function(trainable)
+    base = wrap_function_trainable(trainable)
 
     class CTKDTrial(base):
         def __repr__(self) -> str:
@@ -63,18 +63,13 @@ def named_trainable(trainable):
 
 def rows_from_trials(trials: Iterable[Any], max_t: int, ppl_threshold: float, runaway_patience: int) -> list[TrialRow]:
     """Ray trials (status, config, last_result) → table rows; a finished trial's state is `trial_outcome`'s."""
-    from ctkd_tune.search.results import trial_outcome
+    from ctkd_tune.search.results import TrialStatus, live_status
 
     rows = []
     for trial in trials:
         result = trial.last_result or {}
-        state = {"PENDING": "pending", "RUNNING": "running", "PAUSED": "pending"}.get(trial.status)
-        if state is None:
-            if trial.status == "ERROR":
-                state = "error"
-            else:  # TERMINATED: ran to the end, stopped early by ASHA, or diverged
-                state = trial_outcome(result, False, ppl_threshold, runaway_patience)[0]
-        ppl = result.get("val/ppl") if result.get("status") != "diverged" else None
+        state = live_status(trial.status, result, ppl_threshold, runaway_patience)
+        ppl = result.get("val/ppl") if result.get("status") != TrialStatus.DIVERGED else None
         rows.append(TrialRow(name_of_config(trial.config or {}), state, int(result.get("step") or 0), max_t, ppl,
                              result.get("ctkd/temperature"), result.get("ctkd/lambda")))
     return rows

@@ -11,9 +11,9 @@
 Status of a trial: completed (ran to train.steps) | pruned (stopped early by ASHA) | diverged (non-finite loss,
 val/ppl above the threshold, or temperature runaway; stop_reason says which) | error (the trial raised) |
 interrupted (the search stopped before the trial ended; `--resume` continues it) | running (the tables were
-written while the search ran: they are refreshed as trials end and at least every minute). `trial_outcome` is the one
-place that decides it: the searcher tells Optuna the same verdict (COMPLETE | PRUNED | FAIL) and the divergence
-stopper stops on it. A diverged trial's last report carries status "diverged" and, as a finite stand-in for its
+written while the search ran: they are refreshed as trials end and at least every minute): `TrialStatus`, written
+as its string. `trial_outcome` is the one place that decides it: the searcher tells Optuna the same verdict
+(COMPLETE | PRUNED | FAIL), the live console shows it and the divergence stopper stops on it. A diverged trial's last report carries status "diverged" and, as a finite stand-in for its
 perplexity, the vocabulary size (a uniform guess); final/best val/ppl only use real evaluations. No table holds NaN.
 """
 
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -41,13 +42,28 @@ TRIAL_KEYS = ["trial", "trial_id", "optuna_trial", "optuna_state", "run", "statu
               "temperature_drift", "teacher_val_ppl", "student_val_ppl_start", "steps", "wall_time_s", "path",
               "params"]  # then the config's dotted keys
 CURVE_KEYS = ["trial", "trial_id", "optuna_trial", "step", "status", *CURVE_METRICS]
-STATUSES = ("completed", "pruned", "diverged", "error", "interrupted", "running")
-UNFINISHED = ("running", "interrupted")  # rows of trials that have not ended
+
+
+class TrialStatus(StrEnum):
+    """A trial's status, as the tables, the study's user attributes and the console write it (the value)."""
+    COMPLETED = "completed"  # ran to train.steps
+    PRUNED = "pruned"  # stopped early by ASHA
+    DIVERGED = "diverged"  # non-finite loss, val/ppl above the threshold, or temperature runaway
+    ERROR = "error"  # the trial raised (or never ran)
+    INTERRUPTED = "interrupted"  # the search stopped before the trial ended; --resume continues it
+    RUNNING = "running"  # the tables were written while it ran
+    PENDING = "pending"  # created, not started (the console only)
+
+
+STATUSES = tuple(s for s in TrialStatus if s is not TrialStatus.PENDING)  # what a trials.parquet row can hold
+UNFINISHED = (TrialStatus.RUNNING, TrialStatus.INTERRUPTED)  # rows of trials that have not ended
+RAY_UNFINISHED = {"PENDING": TrialStatus.PENDING, "PAUSED": TrialStatus.PENDING, "RUNNING": TrialStatus.RUNNING}
+"""Ray Tune's statuses of a trial that has not ended (TERMINATED and ERROR go through `trial_outcome`)."""
 
 
 def divergence_reason(result: dict[str, Any], ppl_threshold: float, runaway_patience: int) -> str | None:
     """Why a report shows a diverged trial (non-finite loss, val/ppl above threshold, temperature runaway), or None."""
-    if result.get("status") == "diverged":
+    if result.get("status") == TrialStatus.DIVERGED:
         return result.get("stop_reason") or "diverged"
     ppl, step = result.get("val/ppl"), result.get("step")
     if ppl is not None and ppl_threshold is not None and ppl > ppl_threshold:
@@ -60,18 +76,35 @@ def divergence_reason(result: dict[str, Any], ppl_threshold: float, runaway_pati
 
 
 def trial_outcome(result: dict[str, Any] | None, error: bool, ppl_threshold: float,
-                  runaway_patience: int) -> tuple[str, str | None]:
-    """(status, stop_reason) of a finished trial from its last report: completed | pruned | diverged | error."""
+                  runaway_patience: int) -> tuple[TrialStatus, str | None]:
+    """(status, stop_reason) of a finished trial from its last report (None: it was removed before it ever ran):
+    completed | pruned | diverged | error. The one place that decides it: the searcher (what Optuna is told), the
+    tables, the live console and the divergence stopper (`divergence_reason`) all ask here.
+
+    The worker reports facts, not outcomes: a report's "status" is its run's (running; completed once step ==
+    train.steps; diverged on the run's last, finite stand-in report).
+    """
     if error:
-        return "error", "the trial raised an exception"
+        return TrialStatus.ERROR, "the trial raised an exception"
+    if result is None:
+        return TrialStatus.ERROR, "stopped before it ran"
     if not result or "step" not in result:
-        return "error", "the trial ended before its first evaluation"
+        return TrialStatus.ERROR, "the trial ended before its first evaluation"
     reason = divergence_reason(result, ppl_threshold, runaway_patience)
     if reason:
-        return "diverged", reason
-    if result.get("status") == "completed":
-        return "completed", None
-    return "pruned", f"stopped early by ASHA at step {result['step']} (val/ppl {result.get('val/ppl', 0):.2f})"
+        return TrialStatus.DIVERGED, reason
+    if result.get("status") == TrialStatus.COMPLETED:
+        return TrialStatus.COMPLETED, None
+    return (TrialStatus.PRUNED,
+            f"stopped early by ASHA at step {result['step']} (val/ppl {result.get('val/ppl', 0):.2f})")
+
+
+def live_status(ray_status: str, result: dict[str, Any] | None, ppl_threshold: float,
+                runaway_patience: int) -> TrialStatus:
+    """The status of a trial Ray Tune holds (its `Trial.status` and last result), for the live console."""
+    if ray_status in RAY_UNFINISHED:
+        return RAY_UNFINISHED[ray_status]
+    return trial_outcome(result or {}, ray_status == "ERROR", ppl_threshold, runaway_patience)[0]
 
 
 # --- building the tables -----------------------------------------------------------------------------------------
@@ -136,19 +169,20 @@ def build_tables(records: Iterable[Any], base: dict[str, Any], *, ppl_threshold:
         last = dict(record.metrics or {})
         trial_id = last.get("trial_id") or Path(str(record.path)).name
         reports = _reports(record.reports)
-        evals = [r for r in reports if r.get("status") != "diverged" and finite(r.get("val/ppl"))]
+        evals = [r for r in reports if r.get("status") != TrialStatus.DIVERGED and finite(r.get("val/ppl"))]
         best = min(evals, key=lambda r: r["val/ppl"]) if evals else {}
         state = optuna_states.get(number)
         status, reason = trial_outcome(last, record.error is not None, ppl_threshold, runaway_patience)
         if record.error is not None:
             reason = record.error
         elif state in ("RUNNING", "WAITING"):
-            status, reason = (("running", "running when the tables were written") if live else
-                              ("interrupted", "the search stopped before this trial ended (continue with --resume)"))
+            status, reason = ((TrialStatus.RUNNING, "running when the tables were written") if live else
+                              (TrialStatus.INTERRUPTED,
+                               "the search stopped before this trial ended (continue with --resume)"))
         name = trial_name(number, params) if number is not None else str(trial_id)  # as in the live table
         row = {
             "trial": name, "trial_id": trial_id, "optuna_trial": number, "optuna_state": state, "run": run,
-            "status": status, "stop_reason": reason,
+            "status": status.value, "stop_reason": reason,
             "final_val_ppl": evals[-1]["val/ppl"] if evals else None,
             "best_val_ppl": best.get("val/ppl"), "best_step": best.get("step"),
             "final_val_kl": evals[-1].get("val/kl") if evals else None,
@@ -262,7 +296,7 @@ def config_from_row(row: dict[str, Any]) -> Config:
 
 def best_row(trials) -> dict[str, Any] | None:
     """The completed trial with the lowest final val/ppl (a frame of trials.parquet), or None."""
-    done = trials[(trials["status"] == "completed") & trials["final_val_ppl"].notna()] if len(trials) else trials
+    done = trials[(trials["status"] == TrialStatus.COMPLETED) & trials["final_val_ppl"].notna()] if len(trials) else trials
     if not len(done):
         return None
     return done.sort_values("final_val_ppl", kind="stable").iloc[0].to_dict()

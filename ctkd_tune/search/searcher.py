@@ -3,8 +3,8 @@ consistent across crashes, the divergence stopper, and the callback that keeps t
 
     searcher = CTKDOptunaSearch(space=space_fn, metric="val/ppl", mode="min", storage=storage, study_name=name,
                                 ppl_threshold=1e4, runaway_patience=3)
-    TableWriter.write = write_tables_of   # the driver's: called with Tune's trials
-    tune.RunConfig(stop=DivergenceStopper(1e4, 3), callbacks=[TableWriter()])
+    writer = TableWriter(partial(folder.refresh_tables, directory, base_cfg, fixed, storage, name, run_name))
+    tune.RunConfig(stop=DivergenceStopper(1e4, 3), callbacks=[writer, CheckpointGuard()])
 
 A study consistent with what ran: each Tune trial has exactly one Optuna trial, and no Optuna trial stays RUNNING
 once its Tune trial ended. A driver killed with kill -9 leaves the study ahead of Ray's last snapshot of the
@@ -14,6 +14,10 @@ longer knows ("orphans": proposed after the snapshot) are handed, with their par
 creates, so no parameter set is proposed twice; the sampler is reseeded so the snapshot's draws are not replayed.
 The same kill can leave Ray's snapshot naming a checkpoint that `num_to_keep` deleted after it: `CheckpointGuard`
 points such a trial at the newest whole checkpoint left in its folder (or none: it starts again) before it runs.
+
+Everything these objects need comes through their constructors: Tune pickles them with the experiment, and on
+`--resume` the driver builds them again for this folder and storage and the restored Tuner runs with those
+(`compat.replace_restored_search`); the searcher's `restore` keeps its own storage over the snapshot's.
 """
 
 from __future__ import annotations
@@ -33,7 +37,10 @@ from pyarrow import fs as pafs
 from ray.tune.search.optuna import OptunaSearch
 
 from ctkd_tune.run.checkpoint import STATE_FILE
-from ctkd_tune.search.results import OPTUNA_TRIAL_KEY, divergence_reason, trial_outcome
+from ctkd_tune.search.compat import (checkpoint_result, checkpoint_results, live_trial, searcher_finished,
+                                     searcher_sampler, searcher_study, searcher_study_name, searcher_trials,
+                                     set_checkpoint_results, set_searcher_study)
+from ctkd_tune.search.results import OPTUNA_TRIAL_KEY, TrialStatus, divergence_reason, trial_outcome
 from ctkd_tune.values import finite
 
 ORPHAN_REASON = "the search's driver died before Ray Tune recorded this trial"
@@ -42,76 +49,83 @@ UNFINISHED = (optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING)
 
 class CTKDOptunaSearch(OptunaSearch):
     """OptunaSearch that tells Optuna the truth: COMPLETE only for full runs, PRUNED if stopped early, FAIL if
-    diverged or errored; intermediate values are indexed by training step; NaN never reaches the study."""
+    diverged or errored; intermediate values are indexed by training step; NaN never reaches the study.
 
-    storage_override = None
-    """The experiment's storage, set by the driver before a restore: the pickled one may name another path (an
-    experiment folder copied under a new name)."""
+    `storage` is the experiment's own: after a restore, whose snapshot may name another path (a folder moved
+    elsewhere), the study is loaded again from it. OptunaSearch's own state is reached through `compat`."""
 
-    def __init__(self, *args, ppl_threshold: float, runaway_patience: int, adopt_orphans: bool = False, **kwargs):
-        super().__init__(*args, **kwargs)
+    def __init__(self, *args, storage=None, ppl_threshold: float, runaway_patience: int, adopt_orphans: bool = False,
+                 **kwargs):
+        super().__init__(*args, storage=storage, **kwargs)
+        self.experiment_storage = storage
         self.ppl_threshold, self.runaway_patience = ppl_threshold, runaway_patience
-        self._orphans = orphans(self._ot_study, set()) if adopt_orphans and self._ot_study is not None else []
+        study = searcher_study(self)
+        self._orphans = orphans(study, set()) if adopt_orphans and study is not None else []
 
     def restore(self, checkpoint_path: str) -> None:
+        # this driver's storage (None for a searcher pickled before it had one): the snapshot replaces every attribute
+        storage = getattr(self, "experiment_storage", None)
         super().restore(checkpoint_path)
-        if CTKDOptunaSearch.storage_override is not None:
-            self._ot_study = optuna.load_study(study_name=self._study_name, storage=self.storage_override,
-                                               sampler=self._sampler)
+        self.experiment_storage = storage
+        if storage is not None:
+            study = optuna.load_study(study_name=searcher_study_name(self), storage=storage,
+                                      sampler=searcher_sampler(self))
+            set_searcher_study(self, study, storage)
         self.reconcile()
 
     def reconcile(self) -> None:
         """Make the restored searcher agree with the study (see the module docstring)."""
-        states = {t.number: t.state for t in self._ot_study.get_trials(deepcopy=False)}
+        study, finished = searcher_study(self), searcher_finished(self)
+        states = {t.number: t.state for t in study.get_trials(deepcopy=False)}
         live = set()
-        for trial_id, ot_trial in self._ot_trials.items():
+        for trial_id, ot_trial in searcher_trials(self).items():
             if states.get(ot_trial.number, optuna.trial.TrialState.FAIL) not in UNFINISHED:
-                self._completed_trials.add(trial_id)
-            elif trial_id not in self._completed_trials:
+                finished.add(trial_id)
+            elif trial_id not in finished:
                 live.add(ot_trial.number)
-        self._orphans = orphans(self._ot_study, live)
-        self._sampler.reseed_rng()
+        self._orphans = orphans(study, live)
+        searcher_sampler(self).reseed_rng()
 
     def suggest(self, trial_id: str) -> dict | None:
-        if trial_id not in self._ot_trials and self._orphans:  # re-attach: same Optuna trial, same params
-            self._ot_trials[trial_id] = optuna.Trial(self._ot_study, self._orphans.pop(0)._trial_id)
+        trials = searcher_trials(self)
+        if trial_id not in trials and self._orphans:  # re-attach: same Optuna trial, same params
+            trials[trial_id] = live_trial(searcher_study(self), self._orphans.pop(0))
         config = super().suggest(trial_id)
         if config is not None:
-            ot_trial = self._ot_trials[trial_id]
+            ot_trial = trials[trial_id]
             ot_trial.set_user_attr("ray_trial_id", trial_id)
             config[OPTUNA_TRIAL_KEY] = ot_trial.number  # links the trials table to the study
         return config
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+        trials = searcher_trials(self)
+        if trial_id in searcher_finished(self) or trial_id not in trials:
             return
-        self._report(self._ot_trials[trial_id], result)
+        self._report(trials[trial_id], result)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+        trials = searcher_trials(self)
+        if trial_id in searcher_finished(self) or trial_id not in trials:
             return
-        ot_trial = self._ot_trials[trial_id]
-        if result is None and not error:  # removed before it ever ran: nothing was learnt about its params
-            status, reason = "error", "stopped before it ran"
-        else:
-            status, reason = trial_outcome(result, error, self.ppl_threshold, self.runaway_patience)
-        ot_trial.set_user_attr("status", status)
+        ot_trial, study = trials[trial_id], searcher_study(self)
+        status, reason = trial_outcome(result, error, self.ppl_threshold, self.runaway_patience)
+        ot_trial.set_user_attr("status", status.value)
         ot_trial.set_user_attr("stop_reason", reason or "")
         try:
-            if status == "completed":
-                self._ot_study.tell(ot_trial, result[self.metric], state=optuna.trial.TrialState.COMPLETE)
-            elif status == "pruned":
+            if status is TrialStatus.COMPLETED:
+                study.tell(ot_trial, result[self.metric], state=optuna.trial.TrialState.COMPLETE)
+            elif status is TrialStatus.PRUNED:
                 self._report(ot_trial, result)  # the stopping report never reached on_trial_result
-                self._ot_study.tell(ot_trial, state=optuna.trial.TrialState.PRUNED)
+                study.tell(ot_trial, state=optuna.trial.TrialState.PRUNED)
             else:
-                self._ot_study.tell(ot_trial, state=optuna.trial.TrialState.FAIL)
+                study.tell(ot_trial, state=optuna.trial.TrialState.FAIL)
         except Exception as err:  # never let the study break the search; the tables still record the trial
             print(f"ctkd-tune: optuna could not record trial {ot_trial.number}: {err}")
-        self._completed_trials.add(trial_id)
+        searcher_finished(self).add(trial_id)
 
     def _report(self, ot_trial, result: dict) -> None:
         value, step = result.get(self.metric), result.get("step")
-        if result.get("status") != "diverged" and finite(value) and finite(step):
+        if result.get("status") != TrialStatus.DIVERGED and finite(value) and finite(step):
             with warnings.catch_warnings():  # a resumed trial may repeat a step: optuna keeps the first, and warns
                 warnings.simplefilter("ignore")
                 ot_trial.report(value, int(step))
@@ -128,8 +142,8 @@ def fail_orphans(study, live: set[int]) -> list[int]:
     """Mark unfinished study trials that no Tune trial runs as FAIL (ORPHAN_REASON); their numbers."""
     failed = []
     for frozen in orphans(study, live):
-        trial = optuna.Trial(study, frozen._trial_id)
-        trial.set_user_attr("status", "error")
+        trial = live_trial(study, frozen)
+        trial.set_user_attr("status", TrialStatus.ERROR.value)
         trial.set_user_attr("stop_reason", ORPHAN_REASON)
         study.tell(frozen.number, state=optuna.trial.TrialState.FAIL)
         failed.append(frozen.number)
@@ -156,15 +170,14 @@ class DivergenceStopper(tune.Stopper):
 
 class TableWriter(tune.Callback):
     """Rewrites trials.parquet / curves.parquet when a trial ends and at least every `period` seconds while trials
-    run, so a crashed driver leaves the tables of what had finished. Tune pickles its callbacks with the
-    experiment: the writing function is the driver's (`TableWriter.write`, set by each driver before `fit`)."""
+    run, so a crashed driver leaves the tables of what had finished. `refresh(trials)` writes them from Tune's
+    trials (the driver's `folder.refresh_tables`, bound to its folder and study: picklable, since Tune pickles its
+    callbacks with the experiment). `ended`: Tune's trials when the experiment ended (finished or interrupted),
+    what the driver builds the final tables from; None until then."""
 
-    write: Callable[[list], None] | None = None
-    ended: list | None = None
-    """Tune's trials when the experiment ended (finished or interrupted): what the final tables are built from."""
-
-    def __init__(self, period: float = 60.0):
-        self.period, self.due, self.last = period, False, time.monotonic()
+    def __init__(self, refresh: Callable[[list], None] | None, period: float = 60.0):
+        self.refresh, self.period = refresh, period
+        self.due, self.last, self.ended = False, time.monotonic(), None
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
         self.due = True
@@ -175,13 +188,13 @@ class TableWriter(tune.Callback):
         _remove_scratch(trial)
 
     def on_experiment_end(self, trials: list, **info) -> None:
-        TableWriter.ended = list(trials)
+        self.ended = list(trials)
 
     def on_step_end(self, iteration: int, trials: list, **info) -> None:
-        if TableWriter.write is not None and (self.due or time.monotonic() - self.last >= self.period):
+        if self.refresh is not None and (self.due or time.monotonic() - self.last >= self.period):
             self.due, self.last = False, time.monotonic()
             try:
-                TableWriter.write(trials)
+                self.refresh(trials)
             except Exception as err:  # a failed refresh must not stop the search: the final write retries
                 print(f"ctkd-tune: could not refresh the tables: {type(err).__name__}: {err}")
 
@@ -220,12 +233,9 @@ def repoint_missing_checkpoint(trial) -> str | None:
     whole = next((n for n in names if _whole(storage, posixpath.join(folder, n))), None)
     replacement = None
     if whole is not None:
-        replacement = type(latest)(checkpoint=tune.Checkpoint(posixpath.join(folder, whole), storage),
-                                   metrics=latest.metrics)
-    # Ray has no public setter: these two fields are what `trial.checkpoint` and the later deletions read
-    kept = [r for r in manager._checkpoint_results if _exists(r.checkpoint.filesystem, r.checkpoint.path)]
-    manager._checkpoint_results = kept + ([replacement] if replacement is not None else [])
-    manager._latest_checkpoint_result = replacement
+        replacement = checkpoint_result(tune.Checkpoint(posixpath.join(folder, whole), storage), latest.metrics)
+    kept = [r for r in checkpoint_results(manager) if _exists(r.checkpoint.filesystem, r.checkpoint.path)]
+    set_checkpoint_results(manager, kept + ([replacement] if replacement is not None else []), replacement)
     trial.run_metadata.invalidate_cache()
     print(f"ctkd-tune: trial {trial}: its checkpoint {posixpath.basename(latest.checkpoint.path)} is gone (deleted "
           f"after Ray's last snapshot); it resumes from {whole or 'the start'}")

@@ -20,12 +20,16 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
+from ctkd_tune.search.results import TrialStatus
 from ctkd_tune.values import finite, plain
 
 WIDTH = 100
 NAME_WIDTH = 40
-FAILED = ("diverged", "error")
-FINISHED = ("completed", "pruned", *FAILED)
+FAILED = (TrialStatus.DIVERGED, TrialStatus.ERROR)
+FINISHED = (TrialStatus.COMPLETED, TrialStatus.PRUNED, *FAILED)
+OPTUNA_STATES = {"RUNNING": TrialStatus.RUNNING, "WAITING": TrialStatus.PENDING, "COMPLETE": TrialStatus.COMPLETED,
+                 "PRUNED": TrialStatus.PRUNED, "FAIL": TrialStatus.ERROR}
+"""A study trial's state → its status, for trials the searcher left no "status" attribute on."""
 
 
 @dataclass
@@ -45,8 +49,7 @@ def render(rows: Iterable[TrialRow], *, elapsed_s: float | None, step_rate: floa
            max_t: int, title: str = "search") -> str:
     """The header (done / pruned / failed / running, best so far, elapsed, ETA) and one line per trial."""
     rows = list(rows)
-    counts = {state: sum(r.state == state for r in rows) for state in
-              ("completed", "pruned", "diverged", "error", "running", "pending", "interrupted")}
+    counts = {state.value: sum(r.state == state for r in rows) for state in TrialStatus}
     failed = counts["diverged"] + counts["error"]
     done = counts["completed"] + counts["pruned"] + failed
     total = max(num_samples or 0, len(rows))
@@ -82,7 +85,7 @@ def render(rows: Iterable[TrialRow], *, elapsed_s: float | None, step_rate: floa
 def best_row(rows: Iterable[TrialRow]) -> TrialRow | None:
     """The lowest val/ppl among completed trials; before any completes, among the others that did not fail."""
     rows = [r for r in rows if finite(r.val_ppl) and r.state not in FAILED]
-    completed = [r for r in rows if r.state == "completed"]
+    completed = [r for r in rows if r.state == TrialStatus.COMPLETED]
     pool = completed or rows
     return min(pool, key=lambda r: r.val_ppl) if pool else None
 
@@ -133,9 +136,9 @@ def status_from_files(directory: str | Path, now: float | None = None) -> str:
     alive = driver_alive(directory)
     if alive is False:  # the search ended (or was killed) with these trials unfinished
         for r in rows:
-            if r.state in ("running", "pending"):
-                r.state = "interrupted"
-    running = any(r.state == "running" for r in rows)
+            if r.state in (TrialStatus.RUNNING, TrialStatus.PENDING):
+                r.state = TrialStatus.INTERRUPTED
+    running = any(r.state == TrialStatus.RUNNING for r in rows)
     elapsed = None
     if times:
         last = (now or time.time()) if running else max(ends or times)
@@ -205,8 +208,7 @@ def _row_from_study(trial, max_t: int, curve: dict[str, Any]) -> TrialRow:
     if finite(curve.get("step")) and curve["step"] > step:
         step = int(curve["step"])
     ppl = values[max(values)] if values else curve.get("val/ppl")
-    state = trial.user_attrs.get("status") or {"RUNNING": "running", "WAITING": "pending", "COMPLETE": "completed",
-                                               "PRUNED": "pruned", "FAIL": "error"}.get(trial.state.name, "error")
+    state = trial.user_attrs.get("status") or OPTUNA_STATES.get(trial.state.name, TrialStatus.ERROR)
     if trial.state.name == "COMPLETE" and trial.value is not None:
         ppl = trial.value
     return TrialRow(trial_name(trial.number, trial.params), state, int(step), max_t, ppl,
