@@ -1,5 +1,5 @@
-"""Ray Tune trainables: thin adapters from Ray Tune to the `distill` loop (the README's Layout says which modules
-import Ray; `ctkd-tune distill` needs none of them).
+"""Ray Tune trainables: thin adapters from Ray Tune to the `distill` loop. Ray is imported here and in
+`ctkd_tune/search/` only (tests/test_layout.py checks it); `ctkd-tune distill` needs neither.
 
     from trainables import train_ctkd      # tune.with_parameters(train_ctkd, base=cfg.to_dict(), stored=FOLDER)
 """

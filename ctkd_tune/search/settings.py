@@ -18,9 +18,8 @@ from typing import Any, Literal, get_args
 from ctkd_tune.config import ConfigError
 
 # The default search (no --config/--preset): the Shakespeare preset at 150 steps, 8 trials, 2 at a time on 2 CPU
-# cores. One such trial took 107 s on one idle core (7 evaluations, README's teacher-reuse benchmark) and ASHA
-# stops about half of the trials at step 75: an estimated ~6 min on an idle 2-core machine once the teacher is
-# cached, more under load (the README's 16-trial search took 16 min at load 2-4). `--set` overrides.
+# cores; ASHA stops about half of the trials at step 75. Measured at 4d83553 with nothing else running: 6 min 14 s
+# once the teacher is cached (docs/results/2026-12-02-default-search-speed.md); more under load. `--set` overrides.
 DEFAULT_NUM_SAMPLES = 8
 DEFAULT_BUDGET = {"train.steps": 150, "train.eval_every": 25}  # eval every 25: ASHA's rung (68) acts at step 75
 STARTUP_TRIALS = 4  # TPE samples at random until this many trials finished (the known points count)

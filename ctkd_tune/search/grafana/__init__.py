@@ -1,4 +1,4 @@
-"""The Grafana dashboard of ctkd-tune's per-trial Ray metrics (ctkd_trials.json); see the README's Grafana section.
+"""The Grafana dashboard of ctkd-tune's per-trial Ray metrics (ctkd_trials.json); see docs/search.md (Grafana).
 
     python -c "from ctkd_tune.search.grafana import DASHBOARD; print(DASHBOARD)"    # where the JSON file is
 """
