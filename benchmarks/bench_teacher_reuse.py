@@ -50,7 +50,7 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     configs = {arm: load_config(preset=args.preset, overrides=[*overrides, *extra]) for arm, extra in ARMS.items()}
     setup = prepare(configs["both"])  # builds the teacher and the token cache once, outside any timing
-    existed = teacher_states.TeacherStates.open(configs["both"], setup.teacher, setup.data) is not None
+    existed = teacher_states.StoredStates.open(configs["both"], setup.teacher, setup.data) is not None
     tic = time.perf_counter()
     stored = teacher_states.build(configs["both"], setup.teacher, setup.data)
     store_s = time.perf_counter() - tic

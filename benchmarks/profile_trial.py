@@ -96,10 +96,10 @@ def profile_once(args) -> dict:
         s["prepare: other"] = spent - sum(s[p] for p in ("prepare: teacher", "prepare: tokens", "prepare: student"))
 
     # distill, by part
-    open_outputs = loop.TeacherOutputs.open
-    loop.TeacherOutputs.open = timer.wrap("open teacher outputs", open_outputs)
-    held_out = loop.TeacherOutputs.held_out
-    loop.TeacherOutputs.held_out = timer.wrap("evaluation: teacher", held_out)
+    open_outputs = loop.TeacherSource.open
+    loop.TeacherSource.open = timer.wrap("open teacher outputs", open_outputs)
+    held_out = loop.TeacherSource.held_out
+    loop.TeacherSource.held_out = timer.wrap("evaluation: teacher", held_out)
     for path in (loop.LogitsStep, loop.FusedStep):  # the logits path and the fused one: whichever the run takes
         path.loss = timer.wrap("steps: forward + loss", path.loss)
         path.evaluate = timer.wrap("evaluation: all", path.evaluate)
@@ -137,7 +137,7 @@ def profile_once(args) -> dict:
                               progress=False)
         ends = {"wall": time.perf_counter(), "cpu": time.process_time()}
     finally:
-        loop.TeacherOutputs.open, loop.TeacherOutputs.held_out = open_outputs, held_out
+        loop.TeacherSource.open, loop.TeacherSource.held_out = open_outputs, held_out
         shutil.rmtree(work, ignore_errors=True)
     for s, now, clock in ((timer.seconds, time.perf_counter(), "wall"), (timer.cpu, time.process_time(), "cpu")):
         s["evaluation: student"] = s.pop("evaluation: all") - s["evaluation: teacher"]

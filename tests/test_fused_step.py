@@ -77,12 +77,12 @@ def test_a_trial_on_stored_teacher_states_gives_the_same_run(tmp_path, monkeypat
         setup = prepare(cfg)
         ts.build(cfg, setup.teacher, setup.data, log=lambda line: None)
         hits = []
-        real = ts.TeacherStates.last_hidden
-        monkeypatch.setattr(ts.TeacherStates, "last_hidden",
+        real = ts.StoredStates.last_hidden
+        monkeypatch.setattr(ts.StoredStates, "last_hidden",
                             lambda self, step, x: hits.append(step) or real(self, step, x))
         runs[fused] = distill(cfg, setup=setup, **QUIET).history
         assert hits == list(range(cfg.train.steps))  # every training step came from the stored states
-        monkeypatch.setattr(ts.TeacherStates, "last_hidden", real)
+        monkeypatch.setattr(ts.StoredStates, "last_hidden", real)
     ppl_fused, ppl_logits = val_ppl(runs["true"]), val_ppl(runs["false"])
     assert ppl_fused.keys() == ppl_logits.keys()
     for step, want in ppl_logits.items():

@@ -30,11 +30,11 @@ def tiny(*overrides):
 def test_stored_outputs_are_the_teachers_and_a_stale_batch_falls_back(entries):
     cfg = tiny("loss.align_weight=0.1")  # the alignment loss also reads the teacher's hidden state
     setup = prepare(cfg)
-    assert ts.TeacherStates.open(cfg, setup.teacher, setup.data) is None  # nothing built yet
+    assert ts.StoredStates.open(cfg, setup.teacher, setup.data) is None  # nothing built yet
     path = ts.build(cfg, setup.teacher, setup.data, log=lambda line: None)
     assert path.parent == entries and {p.name for p in path.iterdir()} == {"hidden.npy", "ids.npy", "held_hidden.npy",
                                                                    "held_ids.npy", "meta.json"}
-    stored = ts.TeacherStates.open(cfg, setup.teacher, setup.data)
+    stored = ts.StoredStates.open(cfg, setup.teacher, setup.data)
     for step in (0, 7, 19):
         x, _ = get_batch(setup.data.train, step, cfg.train.batch_size, cfg.data.block_size, cfg.train.seed)
         got, want = stored.output(step, x), setup.teacher(x)
@@ -52,8 +52,8 @@ def test_a_run_on_stored_outputs_is_the_same_run_without_the_teachers_body(entri
     setup = prepare(cfg)
     ts.build(cfg, setup.teacher, setup.data, log=lambda line: None)
     calls = []
-    real_hidden = ts.TeacherStates.last_hidden  # what both the logits path's `output` and the fused path read
-    monkeypatch.setattr(ts.TeacherStates, "last_hidden", lambda self, step, x: calls.append(step) or real_hidden(
+    real_hidden = ts.StoredStates.last_hidden  # what both the logits path's `output` and the fused path read
+    monkeypatch.setattr(ts.StoredStates, "last_hidden", lambda self, step, x: calls.append(step) or real_hidden(
         self, step, x))
     body, body_calls = setup.teacher.model.base_model, []
     real_forward = body.forward
@@ -98,7 +98,7 @@ def test_a_damaged_entry_is_ignored_not_fatal(entries):
     setup = prepare(cfg)
     path = ts.build(cfg, setup.teacher, setup.data, log=lambda line: None)
     (path / "hidden.npy").write_bytes(b"\x93NUMPY truncated")
-    assert ts.TeacherStates.open(cfg, setup.teacher, setup.data) is None
+    assert ts.StoredStates.open(cfg, setup.teacher, setup.data) is None
     assert distill(cfg, setup=setup, **QUIET).summary["status"] == "completed"
 
 
@@ -160,7 +160,7 @@ def test_a_head_only_teacher_loads_its_body_when_a_batch_was_not_stored(entries)
     driver = prepare(cfg)
     path = ts.build(cfg, driver.teacher, driver.data, log=lambda line: None)
     setup = prepare(cfg, stored=path)
-    outputs = ts.TeacherOutputs.open(cfg, setup.teacher, setup.data, directory=path)
+    outputs = ts.TeacherSource.open(cfg, setup.teacher, setup.data, directory=path)
     other, _ = get_batch(setup.data.train, 3, cfg.train.batch_size, cfg.data.block_size, cfg.train.seed)
     assert setup.teacher.head_only
     got = outputs.train(5, other)  # not step 5's batch: a miss, so the body is loaded and run
@@ -173,4 +173,4 @@ def test_states_of_another_teacher_are_not_used(entries):
     path = ts.build(cfg, driver.teacher, driver.data, log=lambda line: None)
     meta = json.loads((path / "meta.json").read_text())
     (path / "meta.json").write_text(json.dumps({**meta, "head": "0" * 16}))  # built for another head
-    assert ts.TeacherStates.open(cfg, driver.teacher, driver.data, directory=path) is None
+    assert ts.StoredStates.open(cfg, driver.teacher, driver.data, directory=path) is None

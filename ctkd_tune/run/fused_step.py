@@ -27,7 +27,7 @@ from ctkd_tune.core.fused_loss import CPU_CHUNK_MB, fused_eval_sums, fused_kd_ce
 from ctkd_tune.core.temperature import Temperature
 from ctkd_tune.run.evaluation import held_out_metrics
 from ctkd_tune.run.step import Batch, StepResult, align_loss, counted_tau
-from ctkd_tune.run.teacher_states import TeacherOutputs
+from ctkd_tune.run.teacher_states import TeacherSource
 
 # Config attributes that change the logits after the head (Gemma 2/3, Cohere, Granite, Falcon-H1), with the value
 # at which they do not.
@@ -102,7 +102,7 @@ class FusedStep:
     `chunk_mb` (`chunk_mb()`), so no (tokens × vocab) logits are ever held; the same numbers as `LogitsStep`."""
 
     def __init__(self, cfg: Config, student: nn.Module, temperature: Temperature, align: nn.Module | None,
-                 teacher: TeacherOutputs, autocast: Callable[[], Any], chunk_mb: float):
+                 teacher: TeacherSource, autocast: Callable[[], Any], chunk_mb: float):
         self.cfg, self.student, self.temperature, self.align = cfg, student, temperature, align
         self.teacher, self.autocast, self.chunk_mb = teacher, autocast, chunk_mb
 

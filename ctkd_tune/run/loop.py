@@ -8,7 +8,7 @@ The loop in `distill` reads top to bottom; per step:
     3. backward (the GRL flips the temperature's gradient), clip, step both optimisers
     4. log; every `eval_every` steps (and at 10%, 33%, 100%): evaluate (`Step.evaluate`), checkpoint
 Its one seam to the outside is `report(metrics, checkpoint)`: the CLI passes a printer, the Ray trainable passes
-`tune.report`. The teacher is reached only through `TeacherOutputs` ("the teacher's outputs for this batch").
+`tune.report`. The teacher is reached only through `TeacherSource` ("the teacher's outputs for this batch").
 Run it with `ctkd-tune distill --preset tiny --output runs/tiny`.
 """
 
@@ -37,7 +37,7 @@ from ctkd_tune.run.prepare import Setup, prepare  # noqa: F401 (prepare is re-ex
 from ctkd_tune.run.progress import Progress, print_report, print_start
 from ctkd_tune.run.step import Batch, LogitsStep, Step
 from ctkd_tune.run.summary import summarize
-from ctkd_tune.run.teacher_states import TeacherOutputs
+from ctkd_tune.run.teacher_states import TeacherSource
 
 Report = Callable[[dict[str, Any], "Path | None"], None]
 
@@ -139,7 +139,7 @@ class Trained:
 def make_step(cfg: Config, setup: Setup, trained: Trained) -> Step:
     """The run's step, built once: the fused path when `prepare` resolved loss.fused to it (no (tokens, vocab)
     logits), else the logits path. Its teacher outputs come from the stored states, else the teacher's forward."""
-    teacher = TeacherOutputs.open(cfg, setup.teacher, setup.data, hidden_only=setup.fused, directory=setup.stored)
+    teacher = TeacherSource.open(cfg, setup.teacher, setup.data, hidden_only=setup.fused, directory=setup.stored)
     autocast = autocast_for(cfg.train.precision, setup.device)
     parts = (cfg, trained.student, trained.temperature, trained.align, teacher, autocast)
     return FusedStep(*parts, chunk_mb(cfg, setup.device)) if setup.fused else LogitsStep(*parts)

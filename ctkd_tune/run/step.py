@@ -23,7 +23,7 @@ from ctkd_tune.core.losses import kd_loss
 from ctkd_tune.core.temperature import Temperature
 from ctkd_tune.inputs.instruct import IGNORE_INDEX
 from ctkd_tune.run.evaluation import held_out_metrics
-from ctkd_tune.run.teacher_states import TeacherOutputs
+from ctkd_tune.run.teacher_states import TeacherSource
 
 
 @dataclass(frozen=True)
@@ -96,7 +96,7 @@ class LogitsStep:
     """The logits path: both models' (B, T, V) logits, the KD loss chunked over tokens (`loss.chunk_size`)."""
 
     def __init__(self, cfg: Config, student: nn.Module, temperature: Temperature, align: nn.Module | None,
-                 teacher: TeacherOutputs, autocast: Callable[[], Any]):
+                 teacher: TeacherSource, autocast: Callable[[], Any]):
         self.cfg, self.student, self.temperature, self.align = cfg, student, temperature, align
         self.teacher, self.autocast = teacher, autocast
 

@@ -7,7 +7,7 @@ embedded teacher) and its LM head turns it back into the logits, exactly: the he
 (≈ 1/3 of it for the embedded teacher), the transformer body is the rest.
 
     path = build(cfg, teacher, data)                    # the search / validate driver, before its runs
-    outputs = TeacherOutputs.open(cfg, teacher, data)  # in `loop.make_step`: the step's one view of the teacher
+    outputs = TeacherSource.open(cfg, teacher, data)  # in `loop.make_step`: the step's one view of the teacher
     out = outputs.train(step, x)                        # TeacherOutput: stored when it matches, else computed
     out = outputs.held_out(i, x)                        # held-out batch i: stored, else computed once and kept
 
@@ -47,7 +47,7 @@ KEEP_ENTRIES = 4
 VERSION = 2  # bump when the layout or the key changes
 
 
-class TeacherStates:
+class StoredStates:
     """A read-only entry: the teacher's last hidden states per training step, and its LM head."""
 
     def __init__(self, directory: Path, teacher: Teacher):
@@ -61,7 +61,7 @@ class TeacherStates:
 
     @classmethod
     def open(cls, cfg: Config, teacher: Teacher, data: TokenData,
-             directory: Path | None = None) -> TeacherStates | None:
+             directory: Path | None = None) -> StoredStates | None:
         """The entry for cfg's batches: `directory` when the driver names it (and its head fingerprint is this
         teacher's), else the one found by hashing the teacher and the tokens; None when there is none."""
         if cfg.train.teacher_cache_mb <= 0 or cfg.data.format != "text":
@@ -102,16 +102,16 @@ class TeacherStates:
         return TeacherOutput(self.head(hidden), hidden if self.teacher.with_hidden else None)
 
 
-class TeacherOutputs:
+class TeacherSource:
     """The loop's one view of the teacher: its outputs for training step i on batch x, and for held-out batch i.
 
-    Training batches come from the stored entry (`TeacherStates`) when a driver built one for these batches and the
+    Training batches come from the stored entry (`StoredStates`) when a driver built one for these batches and the
     step's input ids match, else from the teacher's forward. Held-out batches come from the forward, kept after
     their first evaluation when all `eval_batches` of them fit in `eval_cache_mb` (the teacher is frozen).
     Either way the step (`step.Step`) gets the same `TeacherOutput` and never knows where it came from.
     """
 
-    def __init__(self, teacher: Teacher, stored: TeacherStates | None = None, eval_cache_mb: float = 0.0,
+    def __init__(self, teacher: Teacher, stored: StoredStates | None = None, eval_cache_mb: float = 0.0,
                  eval_batches: int = 1, hidden_only: bool = False):
         self.teacher, self.stored, self.hidden_only = teacher, stored, hidden_only
         self.eval_cache_bytes, self.eval_batches = eval_cache_mb * 2**20, eval_batches
@@ -119,10 +119,10 @@ class TeacherOutputs:
 
     @classmethod
     def open(cls, cfg: Config, teacher: Teacher, data: TokenData, hidden_only: bool = False,
-             directory: Path | None = None) -> TeacherOutputs:
+             directory: Path | None = None) -> TeacherSource:
         """`hidden_only` (the fused path): outputs hold the last hidden state and no logits. `directory`: the
         stored entry a driver built for this run (else it is looked up by key)."""
-        stored = TeacherStates.open(cfg, teacher, data, directory)
+        stored = StoredStates.open(cfg, teacher, data, directory)
         return cls(teacher, stored, cfg.train.eval_cache_mb, cfg.train.eval_batches, hidden_only)
 
     def train(self, step: int, x: torch.Tensor, attention_mask: torch.Tensor | None = None) -> TeacherOutput:
