@@ -60,7 +60,7 @@ def run_search(base_cfg: Config | None, settings: SearchSettings | None = None, 
     run with its own config and settings. `rebuild_tables`: only rewrite trials.parquet / curves.parquet (and
     best_config.yaml) from the study and the trial folders.
     """
-    from ctkd_tune.search.spaces import DEFAULT_SPACE, check_space, load_space
+    from ctkd_tune.search.spaces import DEFAULT_SPACE, load_space
 
     s = settings or SearchSettings()
     s.check()
@@ -76,33 +76,14 @@ def run_search(base_cfg: Config | None, settings: SearchSettings | None = None, 
             with experiment_lock(directory, "search --rebuild-tables"):
                 return rebuild_search_tables(directory, state, open_storage(directory))
     else:
-        space = s.space
-        if state is not None:  # adding trials: the experiment's own base config and space unless given
-            base_cfg = base_cfg or from_dict(state["base"])
-            space = space or state["space"]
-        base_cfg = _shared_seeds(base_cfg or base_config())
-        if state is not None and (state["base"] != base_cfg.to_dict() or state["space"] != (space or None)):
-            raise ConfigError(f"search {s.name!r} was run with another base config or space; pick a new --name")
-        info = check_space(load_space(space or DEFAULT_SPACE), base_cfg, space or "default", s.points)
-        steps = base_cfg.train.steps
-        fixed = StudySettings(
-            params=info.params, points=info.points,
-            grace_period=s.grace_period or _grace_period(info.max_warmup_ratio, steps), max_t=steps,
-            reduction_factor=s.reduction_factor, runaway_patience=s.runaway_patience,
-            ppl_threshold=s.ppl_threshold or default_ppl_threshold(base_cfg), seed=s.seed,
-            cpus_per_trial=s.cpus_per_trial, gpus_per_trial=s.gpus_per_trial, sampler=s.sampler,
-            scheduler=s.scheduler)
+        base_cfg, space, fixed = _new_run(base_cfg, s, state)
     space_fn = load_space(space or DEFAULT_SPACE)  # a file-based space must be importable to unpickle the searcher
     address = s.address or os.environ.get("RAY_ADDRESS")
     if not address:
         check_local_resources(fixed.cpus_per_trial, fixed.gpus_per_trial)  # before Ray starts
     if state is not None:
         open_storage(directory)  # a damaged optuna.db is an error before Ray starts
-    os.environ["RAY_CHDIR_TO_TRIAL_DIR"] = "0"
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the classic output engine: it prints our LiveReporter
-    # num_to_keep forces an experiment snapshot every 2 checkpoints (so a resume never points at a deleted one);
-    # that is intended here, not a bottleneck worth a warning per snapshot
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    _tune_environment()
     stopped: list[str] = []
     with ExitStack() as held:
         if state is not None:  # a second driver is refused before Ray starts
@@ -159,6 +140,41 @@ def run_search(base_cfg: Config | None, settings: SearchSettings | None = None, 
             if not stopped and not any_unfinished(records, storage, s.name):
                 fail_orphans(optuna.load_study(study_name=s.name, storage=storage), set())  # none left behind
             return final_tables(directory, records, base_cfg, fixed, storage, s.name, run["name"], bool(stopped))
+
+
+def _new_run(base_cfg: Config | None, s: SearchSettings, state: dict | None) -> tuple[Config, str | None,
+                                                                                  StudySettings]:
+    """A new search, or more trials in an existing one: its base config, space and the study's settings. Adding
+    trials keeps the experiment's own base config and space unless given, and refuses different ones."""
+    from ctkd_tune.search.spaces import DEFAULT_SPACE, check_space, load_space
+
+    space = s.space
+    if state is not None:
+        base_cfg = base_cfg or from_dict(state["base"])
+        space = space or state["space"]
+    base_cfg = _shared_seeds(base_cfg or base_config())
+    if state is not None and (state["base"] != base_cfg.to_dict() or state["space"] != (space or None)):
+        raise ConfigError(f"search {s.name!r} was run with another base config or space; pick a new --name")
+    info = check_space(load_space(space or DEFAULT_SPACE), base_cfg, space or "default", s.points)
+    steps = base_cfg.train.steps
+    fixed = StudySettings(
+        params=info.params, points=info.points,
+        grace_period=s.grace_period or _grace_period(info.max_warmup_ratio, steps), max_t=steps,
+        reduction_factor=s.reduction_factor, runaway_patience=s.runaway_patience,
+        ppl_threshold=s.ppl_threshold or default_ppl_threshold(base_cfg), seed=s.seed,
+        cpus_per_trial=s.cpus_per_trial, gpus_per_trial=s.gpus_per_trial, sampler=s.sampler,
+        scheduler=s.scheduler)
+    return base_cfg, space, fixed
+
+
+def _tune_environment() -> None:
+    """The environment Tune reads at start: trials keep the driver's working directory, the classic output engine
+    (it prints our LiveReporter), and no warning per forced snapshot."""
+    os.environ["RAY_CHDIR_TO_TRIAL_DIR"] = "0"
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    # num_to_keep forces an experiment snapshot every 2 checkpoints (so a resume never points at a deleted one);
+    # that is intended here, not a bottleneck worth a warning per snapshot
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
 
 def _disconnect(started: bool, directory: Path) -> None:
