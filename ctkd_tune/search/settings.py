@@ -10,10 +10,12 @@ Importable without Ray or Optuna (`ctkd-tune search --dry-run` and the CLI read 
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal, get_args
+from types import UnionType
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 from ctkd_tune.config import ConfigError
 
@@ -143,9 +145,10 @@ class StudySettings:
         if missing:
             raise ConfigError(f"{source}: settings lack {', '.join(missing)}")
         for name, value in data.items():
-            if not (_is(value, _TYPES[name]) or (value is None and name in _OPTIONAL)):
-                kind = _TYPES[name].__name__ + (" or null" if name in _OPTIONAL else "")
-                raise ConfigError(f"{source}: settings.{name} must be {kind}, got {value!r}")
+            kind, optional = _json_type(cls, name)
+            if not (_is(value, kind) or (value is None and optional)):
+                raise ConfigError(f"{source}: settings.{name} must be {kind.__name__}"
+                                  f"{' or null' if optional else ''}, got {value!r}")
         check_modes(data.get("sampler", "tpe"), data.get("scheduler", "asha"), f"{source}: settings.")
         return cls(**data)
 
@@ -153,10 +156,18 @@ class StudySettings:
         return asdict(self)
 
 
-_TYPES = {"params": list, "points": list, "grace_period": int, "max_t": int, "reduction_factor": float,
-          "runaway_patience": int, "ppl_threshold": float, "seed": int, "cpus_per_trial": float,
-          "gpus_per_trial": float, "sampler": str, "scheduler": str}
-_OPTIONAL = {"ppl_threshold"}
+@functools.cache
+def _json_type(cls: type, name: str) -> tuple[type, bool]:
+    """(the JSON type a field's value must have, whether null is allowed), read off its annotation: a Literal is
+    str, `list[...]` is list, `X | None` is X or null."""
+    hint, optional = get_type_hints(cls)[name], False
+    if get_origin(hint) in (Union, UnionType):
+        args = [a for a in get_args(hint) if a is not type(None)]
+        hint, optional = args[0], len(args) < len(get_args(hint))
+    origin = get_origin(hint)
+    if origin is Literal:
+        return type(get_args(hint)[0]), optional
+    return (origin or hint), optional
 
 
 def _is(value: Any, kind: type) -> bool:
