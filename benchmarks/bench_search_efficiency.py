@@ -59,7 +59,7 @@ def main() -> int:
     import ray
 
     from ctkd_tune.config import load_config
-    from ctkd_tune.run.loop import prepare
+    from ctkd_tune.run.prepare import prepare
     from ctkd_tune.search.efficiency import steps_to_target
 
     cfg = load_config(preset=args.preset, overrides=overrides)

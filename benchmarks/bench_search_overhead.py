@@ -27,7 +27,8 @@ from pathlib import Path
 def bare_run(cfg, threads: int) -> tuple[float, float]:
     import torch
 
-    from ctkd_tune.run.loop import distill, prepare
+    from ctkd_tune.run.loop import distill
+    from ctkd_tune.run.prepare import prepare
 
     torch.set_num_threads(threads)
     with tempfile.TemporaryDirectory() as tmp:
@@ -64,7 +65,7 @@ def main() -> None:
     import ray
 
     from ctkd_tune.config import load_config
-    from ctkd_tune.run.loop import prepare
+    from ctkd_tune.run.prepare import prepare
 
     # the seeds a search fixes, so both sides run exactly the same distillation
     cfg = load_config(preset=args.preset, overrides=["train.data_seed=0", "train.init_seed=0", *overrides])

@@ -24,7 +24,8 @@ ARMS = {"recomputed": ["train.eval_cache_mb=0", "train.teacher_cache_mb=0"],
 
 
 def one_run(cfg) -> tuple[float, float]:
-    from ctkd_tune.run.loop import distill, prepare
+    from ctkd_tune.run.loop import distill
+    from ctkd_tune.run.prepare import prepare
 
     setup = prepare(cfg)  # a fresh student (distill trains it in place); teacher and tokens come from the cache
     tic = time.perf_counter()
@@ -45,7 +46,8 @@ def main() -> int:
 
     from ctkd_tune.run import teacher_states
     from ctkd_tune.config import load_config
-    from ctkd_tune.run.loop import evaluation_steps, prepare
+    from ctkd_tune.run.loop import evaluation_steps
+    from ctkd_tune.run.prepare import prepare
 
     torch.set_num_threads(args.threads)
     configs = {arm: load_config(preset=args.preset, overrides=[*overrides, *extra]) for arm, extra in ARMS.items()}

@@ -166,7 +166,7 @@ def worker(args) -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    from ctkd_tune.run.loop import prepare
+    from ctkd_tune.run.prepare import prepare
 
     cfg = _config(args, args.steps)
     setup = prepare(cfg)
@@ -250,7 +250,7 @@ def _tokens_per_step(args) -> int:
 def _store_teacher_states(args) -> None:
     """What the search driver does once per search; its cost is printed, not counted in any trial."""
     from ctkd_tune.run import teacher_states
-    from ctkd_tune.run.loop import prepare
+    from ctkd_tune.run.prepare import prepare
 
     cfg = _config(args, args.trial_steps)
     setup = prepare(cfg)

@@ -209,7 +209,7 @@ def main() -> int:
 def _store_teacher_states(args) -> None:
     from ctkd_tune.run import teacher_states
     from ctkd_tune.config import load_config
-    from ctkd_tune.run.loop import prepare
+    from ctkd_tune.run.prepare import prepare
 
     cfg = load_config(preset=args.preset, overrides=args.overrides)
     setup = prepare(cfg)

@@ -90,7 +90,9 @@ def test_export_with_student_copies_a_loadable_model(experiment, tmp_path):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ctkd_tune.run.loop import distill, prepare
+    from ctkd_tune.run.loop import distill
+
+    from ctkd_tune.run.prepare import prepare
 
     plan = add_validation(experiment, PASSING)
     cfg = run_config(plan["arms"][0], plan["seeds"][0])

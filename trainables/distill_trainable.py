@@ -26,7 +26,8 @@ from ray import tune
 
 from ctkd_tune.run.checkpoint import load_checkpoint
 from ctkd_tune.run.checks import RunawayCounter
-from ctkd_tune.run.loop import distill, prepare
+from ctkd_tune.run.loop import distill
+from ctkd_tune.run.prepare import prepare
 from ctkd_tune.run.summary import RunStatus
 from ctkd_tune.search.cluster import worker_setup
 from ctkd_tune.search.compat import RAY_STORAGE_LOGGER

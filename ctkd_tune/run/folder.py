@@ -17,7 +17,8 @@ from typing import Any
 
 from ctkd_tune.run.checkpoint import load_checkpoint
 from ctkd_tune.config import Config, ConfigError, dump_yaml
-from ctkd_tune.run.loop import distill, prepare
+from ctkd_tune.run.loop import distill
+from ctkd_tune.run.prepare import prepare
 from ctkd_tune.run.progress import print_report
 from ctkd_tune.io import atomic_write_json, atomic_write_parquet
 from ctkd_tune.run.tboard import Board

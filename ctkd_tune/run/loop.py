@@ -33,7 +33,7 @@ from ctkd_tune.run.checkpoint import check_same_run, load_checkpoint, save_check
 from ctkd_tune.run.checks import check_steps, divergence_limit
 from ctkd_tune.run.evaluation import MAX_LOSS, reference_points
 from ctkd_tune.run.fused_step import FusedStep, chunk_mb
-from ctkd_tune.run.prepare import Setup, prepare  # noqa: F401 (prepare is re-exported)
+from ctkd_tune.run.prepare import Setup, prepare
 from ctkd_tune.run.progress import Progress, print_report, print_start
 from ctkd_tune.run.step import Batch, LogitsStep, Step
 from ctkd_tune.run.summary import summarize

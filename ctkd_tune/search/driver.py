@@ -267,7 +267,7 @@ def _named_trainable(base_cfg: Config, fixed: StudySettings, name: str, director
 def _prepare_shared(cfg: Config) -> Path | None:
     """Teacher, token cache and the teacher's outputs on the shared training and held-out batches, built once for
     all trials; returns the outputs' folder (None when they are not stored)."""
-    from ctkd_tune.run.loop import prepare
+    from ctkd_tune.run.prepare import prepare
     from ctkd_tune.run.teacher_states import build
 
     setup = prepare(cfg)

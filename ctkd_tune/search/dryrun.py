@@ -57,7 +57,8 @@ def plan_text(cfg: Config, space: str | None, num_samples: int, concurrent: int,
 
 def time_steps(cfg: Config, steps: int = TIMED_STEPS) -> Estimate:
     """Run `steps` training steps and their evaluations of `cfg` on one core's share; time both (no files)."""
-    from ctkd_tune.run.loop import distill, evaluation_steps, prepare
+    from ctkd_tune.run.loop import distill, evaluation_steps
+    from ctkd_tune.run.prepare import prepare
 
     data = cfg.to_dict()
     data["train"].update(steps=steps, eval_every=steps, lr_warmup_ratio=0.0)

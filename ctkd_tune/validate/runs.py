@@ -93,7 +93,7 @@ def execute(directory: Path, plan: dict[str, Any], todo: list, rows: list, curve
 def _store_teacher_outputs(todo: list) -> dict[int, str]:
     """The teacher's outputs on each seed's training batches, once: every arm of a seed trains on the same ones.
     Returns their folders by seed (a seed whose outputs are not stored is absent)."""
-    from ctkd_tune.run.loop import prepare
+    from ctkd_tune.run.prepare import prepare
     from ctkd_tune.run.teacher_states import build
 
     setup, stored = None, {}
@@ -135,7 +135,8 @@ def _write(directory: Path, rows: list, curves: list) -> None:
 def _run_one(config: dict[str, Any], student_dir: str | None, stored: str | None = None) -> dict[str, Any]:
     """One validation run (inside a Ray task): distill, summarise, keep the student if asked. `stored`: the teacher
     states built for its seed (the run then loads the teacher's head only)."""
-    from ctkd_tune.run.loop import distill, prepare
+    from ctkd_tune.run.loop import distill
+    from ctkd_tune.run.prepare import prepare
     from ctkd_tune.search.cluster import worker_setup
 
     cfg = worker_setup(from_dict(config))
