@@ -5,8 +5,9 @@
     rebuild_search_tables(directory, state, storage)   # trials/curves.parquet from the study + trial folders
 
 The tables are written three ways, all through `results.build_tables`: while the search runs (`live_record` of
-Tune's trials, refreshed by `searcher.TableWriter` through `refresh_tables`), once it ends (`final_tables`, from Ray's ResultGrid), and on
-demand or on a resume that finds them damaged (`rebuild_search_tables`, from Ray's trial folders on disk).
+Tune's trials, refreshed by `searcher.TableWriter` through `refresh_tables`), once it ends (`final_tables`, from
+Ray's ResultGrid), and on demand or on a resume that finds them damaged (`rebuild_search_tables`, from Ray's trial
+folders on disk).
 """
 
 from __future__ import annotations
@@ -34,8 +35,8 @@ class SearchResult:
 
 
 def read_state(path: Path) -> dict[str, Any]:
-    """search.json, its "settings" read back as `StudySettings`; a folder moved elsewhere keeps working (its default Ray storage moves with it), a folder
-    renamed is refused (its study and Ray runs carry the old name)."""
+    """search.json, its "settings" read back as `StudySettings`; a folder moved elsewhere keeps working (its default
+    Ray storage moves with it), a folder renamed is refused (its study and Ray runs carry the old name)."""
     try:
         state = json.loads(path.read_text())
         name, runs = state["name"], state["runs"]

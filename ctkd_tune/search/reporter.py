@@ -7,8 +7,8 @@
 
 The gauges are `ray.util.metrics.Gauge`s, exported by each node's metrics agent in Prometheus text format with
 Ray's `ray_` prefix (`ray_ctkd_val_ppl{experiment="smoke",trial="t07-cosine-tau1.0-5.0-lam0.5"}`); Ray's
-Prometheus/Grafana set-up (docs/search.md) and the Grafana dashboard in ctkd_tune/search/grafana/ plot them per trial. Like the
-rest of Ray's metrics, the export port has no authentication.
+Prometheus/Grafana set-up (docs/search.md) and the Grafana dashboard in ctkd_tune/search/grafana/ plot them per
+trial. Like the rest of Ray's metrics, the export port has no authentication.
 """
 
 from __future__ import annotations

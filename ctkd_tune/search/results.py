@@ -10,11 +10,12 @@
 
 Status of a trial: completed (ran to train.steps) | pruned (stopped early by ASHA) | diverged (non-finite loss,
 val/ppl above the threshold, or temperature runaway; stop_reason says which) | error (the trial raised) |
-interrupted (the search stopped before the trial ended; `--resume` continues it) | running (the tables were
-written while the search ran: they are refreshed as trials end and at least every minute): `TrialStatus`, written
-as its string. `trial_outcome` is the one place that decides it: the searcher tells Optuna the same verdict
-(COMPLETE | PRUNED | FAIL), the live console shows it and the divergence stopper stops on it. A diverged trial's last report carries status "diverged" and, as a finite stand-in for its
-perplexity, the vocabulary size (a uniform guess); final/best val/ppl only use real evaluations. No table holds NaN.
+interrupted (the search stopped before the trial ended; `--resume` continues it) | running (the tables were written
+while the search ran: they are refreshed as trials end and at least every minute): `TrialStatus`, written as its
+string. `trial_outcome` is the one place that decides it: the searcher tells Optuna the same verdict (COMPLETE |
+PRUNED | FAIL), the live console shows it and the divergence stopper stops on it. A diverged trial's last report
+carries status "diverged" and, as a finite stand-in for its perplexity, the vocabulary size (a uniform guess);
+final/best val/ppl only use real evaluations. No table holds NaN.
 """
 
 from __future__ import annotations
@@ -25,9 +26,9 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Iterable
 
-from ctkd_tune.run.checks import temperature_drift
 from ctkd_tune.config import Config, dump_yaml, from_dict
 from ctkd_tune.io import atomic_write_parquet
+from ctkd_tune.run.checks import temperature_drift
 from ctkd_tune.search.names import trial_name
 from ctkd_tune.values import error_line, finite, plain
 
@@ -155,8 +156,8 @@ def record_from_dir(path: str | Path, error: bool = False) -> TrialRecord | None
 def build_tables(records: Iterable[Any], base: dict[str, Any], *, ppl_threshold: float,
                  runaway_patience: int, optuna_states: dict[int, str] | None = None, run: str = "",
                  live: bool = False) -> tuple[list[dict], list[dict]]:
-    """Trial records (or Ray Tune Results) → (trial rows, curve rows). A trial the study holds as unfinished is "running" while the
-    search runs (`live`), else "interrupted"."""
+    """Trial records (or Ray Tune Results) → (trial rows, curve rows). A trial the study holds as unfinished is
+    "running" while the search runs (`live`), else "interrupted"."""
     from ctkd_tune.search.spaces import trial_config
 
     optuna_states = optuna_states or {}

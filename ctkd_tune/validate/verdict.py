@@ -20,7 +20,8 @@ below FROZEN_TAU_RANGE is called in effect a fixed temperature; arms whose tempe
     print(format_table(verdict.arms)); print("\n".join(verdict.lines))   # format_table: validate/table.py
 
 What the code branches on are enums whose values are the strings the tables keep: `ValidationStatus` (a validation
-run's status: the run's own `RunStatus`, or error), `ArmKind` (an arm's kind) and `Outcome` (an arm against fallback A, whose value is the verdict's phrase).
+run's status: the run's own `RunStatus`, or error), `ArmKind` (an arm's kind) and `Outcome` (an arm against fallback
+A, whose value is the verdict's phrase).
 """
 
 from __future__ import annotations
